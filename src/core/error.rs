@@ -1,0 +1,100 @@
+//! Every way ingestion can fail, as data. The SQL layer maps each variant to an
+//! SQLSTATE; keeping the mapping here lets the pure tests assert it too.
+
+use std::fmt;
+
+/// Why one element (or one CALL) was refused. `field` is the JSON key the
+/// problem is about, or `"element"` when it concerns the element as a whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub field: String,
+    pub message: String,
+    pub kind: RejectionKind,
+}
+
+/// Families of element errors; each has its own SQLSTATE when raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// A required field is absent or null.
+    Missing,
+    /// The JSON type is wrong (an object where a string belongs).
+    WrongType,
+    /// The value has the right type but is not acceptable (unknown metric type, bad date).
+    InvalidValue,
+    /// A number outside the metric type's bounds or the plausible time window.
+    OutOfRange,
+    /// NaN, Infinity or a number too large for double precision.
+    NotFinite,
+    /// A string PostgreSQL cannot store (`\u0000`).
+    Untranslatable,
+    /// The element is not well-formed JSON by itself (lone surrogate, duplicate key).
+    BadJson,
+    /// A documented length limit was exceeded.
+    TooLong,
+}
+
+impl RejectionKind {
+    /// The SQLSTATE raised for this family when `on_error => 'stop'` or by insert_metric.
+    pub fn sqlstate(self) -> &'static str {
+        match self {
+            RejectionKind::Missing => "22004",        // null_value_not_allowed
+            RejectionKind::WrongType => "22023",      // invalid_parameter_value
+            RejectionKind::InvalidValue => "22023",   // invalid_parameter_value
+            RejectionKind::OutOfRange => "22003",     // numeric_value_out_of_range
+            RejectionKind::NotFinite => "22003",      // numeric_value_out_of_range
+            RejectionKind::Untranslatable => "22P05", // untranslatable_character
+            RejectionKind::BadJson => "22030", // duplicate_json_object_key_value / invalid json
+            RejectionKind::TooLong => "22001", // string_data_right_truncation
+        }
+    }
+}
+
+impl Rejection {
+    pub fn new(kind: RejectionKind, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Rejection {
+            field: field.into(),
+            message: message.into(),
+            kind,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Why a whole payload could not be read: there is no element to give a verdict to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PayloadError {
+    /// Not JSON, truncated JSON, trailing garbage.
+    NotJson { message: String },
+    /// JSON, but neither an array nor an object.
+    WrongShape { found: &'static str },
+    /// Nesting deeper than serde_json's recursion limit.
+    TooDeep { message: String },
+}
+
+impl PayloadError {
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            PayloadError::NotJson { .. } => "22P02", // invalid_text_representation, as json_in
+            PayloadError::WrongShape { .. } => "22023",
+            PayloadError::TooDeep { .. } => "54001", // statement_too_complex, as json_in
+        }
+    }
+}
+
+impl fmt::Display for PayloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PayloadError::NotJson { message } => write!(f, "payload is not valid JSON: {message}"),
+            PayloadError::WrongShape { found } => write!(
+                f,
+                "payload must be a JSON array of elements or a single element object, found {found}"
+            ),
+            PayloadError::TooDeep { message } => write!(f, "payload nests too deeply: {message}"),
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The pure core: reading payloads and validating elements. No pgrx types live
+//! here, so all of it is tested with plain `#[test]` and fuzzed without a server.
+
+pub mod element;
+pub mod error;
+pub mod payload;
+pub mod registry;
+pub mod timestamp;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,289 @@
+//! Table-driven tests of the pure core: one line per case.
+
+use super::element::{validate_json_element, Measurement, ValidElement};
+use super::error::{PayloadError, RejectionKind};
+use super::payload::for_each_element;
+use super::registry::Registry;
+
+fn check(raw: &str) -> Result<ValidElement, (String, String, RejectionKind)> {
+    validate_json_element(raw, &Registry::builtin())
+        .map_err(|r| (r.field.clone(), r.to_string(), r.kind))
+}
+
+fn m(metric_type: &str, value: f64, label: Option<&str>) -> Measurement {
+    Measurement {
+        metric_type: metric_type.into(),
+        value,
+        label: label.map(Into::into),
+    }
+}
+
+#[test]
+fn seed_examples_are_valid() {
+    let seed000 = check(r#"{"timestamp": "2024-08-12T12:00:00+00:00", "user_id": "user456", "session_id": "session789", "metric_type": "microphone_used", "metric_value": "1", "device_id": "device012", "app_version": "1.0.1", "location": "Los Angeles", "sentiment_score": 0.8}"#).unwrap();
+    assert_eq!(seed000.context.unix_us, 1_723_464_000_000_000);
+    assert_eq!(seed000.context.user_id, "user456");
+    assert_eq!(seed000.context.session_id.as_deref(), Some("session789"));
+    assert_eq!(seed000.context.device_id.as_deref(), Some("device012"));
+    assert_eq!(seed000.context.app_version.as_deref(), Some("1.0.1"));
+    assert_eq!(seed000.context.location.as_deref(), Some("Los Angeles"));
+    assert_eq!(seed000.context.sentiment_score, Some(0.8));
+    assert_eq!(seed000.context.attributes, None);
+    assert_eq!(seed000.measurements, vec![m("microphone_used", 1.0, None)]);
+
+    let seed002 = check(r#"{"user_id":"b2a7465b-5d83-40c6-b8b6-2f8f15cbf23d","metric_type":"talked_time","value":12.34,"timestamp":"2024-08-08T12:34:56Z"}"#).unwrap();
+    assert_eq!(seed002.context.session_id, None);
+    assert_eq!(seed002.measurements, vec![m("talked_time", 12.34, None)]);
+
+    let seed003 = check(r#"{"user_id": 1, "name": "John Doe", "email": "john.doe@example.com", "session_id": 1, "talked_time": 120, "microphone_used": true, "speaker_used": true, "voice_sentiment": "positive", "timestamp": 1622558400}"#).unwrap();
+    assert_eq!(seed003.context.user_id, "1");
+    assert_eq!(seed003.context.session_id.as_deref(), Some("1"));
+    assert_eq!(seed003.context.unix_us, 1_622_558_400_000_000);
+    assert_eq!(
+        seed003.context.attributes.as_deref(),
+        Some(r#"{"email":"john.doe@example.com","name":"John Doe"}"#)
+    );
+    assert_eq!(
+        seed003.measurements,
+        vec![
+            m("talked_time", 120.0, None),
+            m("microphone_used", 1.0, None),
+            m("speaker_used", 1.0, None),
+            m("voice_sentiment", 1.0, Some("positive")),
+        ]
+    );
+}
+
+#[test]
+fn ids_are_kept_exactly_as_written() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"{"user_id": 123456789012345678901234567890, "timestamp": 1722470400, "talked_time": 1}"#,
+            "123456789012345678901234567890",
+        ),
+        (
+            r#"{"user_id": -7, "timestamp": 1722470400, "talked_time": 1}"#,
+            "-7",
+        ),
+        (
+            r#"{"user_id": "Zoë 🎧", "timestamp": 1722470400, "talked_time": 1}"#,
+            "Zoë 🎧",
+        ),
+        (
+            r#"{"user_id": "'; DROP TABLE metrics; --", "timestamp": 1722470400, "talked_time": 1}"#,
+            "'; DROP TABLE metrics; --",
+        ),
+    ];
+    for (raw, user_id) in cases {
+        assert_eq!(check(raw).unwrap().context.user_id, *user_id, "{raw}");
+    }
+}
+
+#[test]
+fn values_per_metric_kind() {
+    let cases: &[(&str, f64, Option<&str>)] = &[
+        (
+            r#""metric_type":"talked_time","metric_value":"300""#,
+            300.0,
+            None,
+        ),
+        (r#""metric_type":"talked_time","metric_value":0"#, 0.0, None),
+        (
+            r#""metric_type":"microphone_used","metric_value":true"#,
+            1.0,
+            None,
+        ),
+        (
+            r#""metric_type":"microphone_used","metric_value":false"#,
+            0.0,
+            None,
+        ),
+        (
+            r#""metric_type":"speaker_used","metric_value":"0""#,
+            0.0,
+            None,
+        ),
+        (
+            r#""metric_type":"speaker_used","metric_value":"true""#,
+            1.0,
+            None,
+        ),
+        (
+            r#""metric_type":"voice_sentiment","metric_value":"neutral""#,
+            0.0,
+            Some("neutral"),
+        ),
+        (
+            r#""metric_type":"voice_sentiment","metric_value":"Negative""#,
+            -1.0,
+            Some("Negative"),
+        ),
+        (
+            r#""metric_type":"voice_sentiment","metric_value":-0.25"#,
+            -0.25,
+            None,
+        ),
+        (
+            r#""metric_type":"voice_sentiment","metric_value":"0.5""#,
+            0.5,
+            None,
+        ),
+    ];
+    for (fields, value, label) in cases {
+        let raw = format!(r#"{{"user_id":"u","timestamp":"2024-08-12T12:00:00Z",{fields}}}"#);
+        let element = check(&raw).unwrap_or_else(|e| panic!("{raw}: {e:?}"));
+        assert_eq!(element.measurements[0].value, *value, "{raw}");
+        assert_eq!(element.measurements[0].label.as_deref(), *label, "{raw}");
+    }
+}
+
+#[test]
+fn rejections_name_the_field_and_the_problem() {
+    use RejectionKind::*;
+    const OK: &str = r#""user_id":"u","timestamp":"2024-08-12T12:00:00Z""#;
+    let cases: Vec<(String, &str, &str, RejectionKind)> = vec![
+        (r#"{"user_id":"u","timestamp":"not a date","talked_time":1}"#.into(), "timestamp", r#"timestamp: "not a date" is not an ISO 8601 timestamp or epoch seconds"#, InvalidValue),
+        (r#"{"user_id":"u","talked_time":1}"#.into(), "timestamp", "timestamp: is required", Missing),
+        (r#"{"user_id":null,"timestamp":1722470400,"talked_time":1}"#.into(), "user_id", "user_id: is required", Missing),
+        (r#"{"user_id":{"id":1},"timestamp":1722470400,"talked_time":1}"#.into(), "user_id", "user_id: must be a string or an integer, found an object", WrongType),
+        (r#"{"user_id":1.5,"timestamp":1722470400,"talked_time":1}"#.into(), "user_id", "user_id: must be a string or an integer, found a number", WrongType),
+        (r#"{"user_id":"","timestamp":1722470400,"talked_time":1}"#.into(), "user_id", "user_id: must not be empty", InvalidValue),
+        (format!(r#"{{"user_id":"{}","timestamp":1722470400,"talked_time":1}}"#, "x".repeat(257)), "user_id", "user_id: is longer than 256 characters (257 given)", TooLong),
+        (r#"{"user_id":"a\u0000b","timestamp":1722470400,"talked_time":1}"#.into(), "user_id", "user_id: contains \\u0000, which PostgreSQL text cannot store", Untranslatable),
+        (r#"{"user_id":"\ud800","timestamp":1722470400,"talked_time":1}"#.into(), "element", "", BadJson),
+        (r#"{"user_id":"u","user_id":"v","timestamp":1722470400,"talked_time":1}"#.into(), "user_id", r#"user_id: key "user_id" appears more than once in the element"#, BadJson),
+        (format!(r#"{{{OK},"metric_type":"jumping","metric_value":1}}"#), "metric_type", r#"metric_type: "jumping" is not a known metric type (known: microphone_used, speaker_used, talked_time, voice_sentiment)"#, InvalidValue),
+        (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":-5}}"#), "metric_value", "metric_value: -5 is outside the bounds of talked_time [0, inf]", OutOfRange),
+        (format!(r#"{{{OK},"metric_type":"talked_time","value":-5}}"#), "value", "value: -5 is outside the bounds of talked_time [0, inf]", OutOfRange),
+        (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":1e400}}"#), "metric_value", "metric_value: 1e+400 is not a finite number", NotFinite),
+        (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":"NaN"}}"#), "metric_value", r#"metric_value: "NaN" is not a finite number"#, NotFinite),
+        (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":"lots"}}"#), "metric_value", r#"metric_value: "lots" is not a number"#, InvalidValue),
+        (format!(r#"{{{OK},"metric_type":"talked_time"}}"#), "metric_value", "metric_value: is required", Missing),
+        (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":1,"value":1}}"#), "metric_value", "metric_value: give either metric_value or value, not both", InvalidValue),
+        (format!(r#"{{{OK},"metric_type":"microphone_used","metric_value":2}}"#), "metric_value", "metric_value: 2 is not a boolean (true, false, 0 or 1)", InvalidValue),
+        (format!(r#"{{{OK},"metric_type":"voice_sentiment","metric_value":"ecstatic"}}"#), "metric_value", r#"metric_value: "ecstatic" is not a number or a label of voice_sentiment (negative, neutral, positive)"#, InvalidValue),
+        (format!(r#"{{{OK},"metric_type":"voice_sentiment","metric_value":1.5}}"#), "metric_value", "metric_value: 1.5 is outside the bounds of voice_sentiment [-1, 1]", OutOfRange),
+        (format!(r#"{{{OK},"talked_time":1,"sentiment_score":2}}"#), "sentiment_score", "sentiment_score: 2 is outside [-1, 1]", OutOfRange),
+        (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":1,"speaker_used":true}}"#), "speaker_used", "speaker_used: an element with metric_type (long form) cannot also carry metric fields (wide form)", InvalidValue),
+        (format!(r#"{{{OK},"name":"x"}}"#), "metric_type", "metric_type: is required: the element has neither metric_type nor any metric field (microphone_used, speaker_used, talked_time, voice_sentiment)", Missing),
+        (r#"{"user_id":"u","timestamp":1622558400000,"talked_time":1}"#.into(), "timestamp", "timestamp: 1622558400000 epoch seconds is outside the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z (epoch milliseconds must be sent as timestamp_ms)", OutOfRange),
+        (r#"{"user_id":"u","timestamp":"99999-01-01T00:00:00Z","talked_time":1}"#.into(), "timestamp", r#"timestamp: "99999-01-01T00:00:00Z" is not an ISO 8601 timestamp or epoch seconds"#, InvalidValue),
+        (r#"{"user_id":"u","timestamp":true,"talked_time":1}"#.into(), "timestamp", "timestamp: must be an ISO 8601 string or epoch seconds, found a boolean", WrongType),
+        (format!(r#"{{{OK},"talked_time":1,"notes":"a\u0000b"}}"#), "notes", "notes: contains \\u0000, which PostgreSQL text cannot store", Untranslatable),
+        (format!(r#"{{{OK},"talked_time":1,"blob":"{}"}}"#, "y".repeat(70_000)), "attributes", "", TooLong),
+        ("[1,2]".into(), "element", "element: must be a JSON object, found an array", WrongType),
+        ("\"text\"".into(), "element", "element: must be a JSON object, found a string", WrongType),
+        ("42".into(), "element", "element: must be a JSON object, found a number", WrongType),
+        ("null".into(), "element", "element: must be a JSON object, found null", WrongType),
+    ];
+    for (raw, field, message, kind) in cases {
+        let (got_field, got_message, got_kind) = check(&raw).expect_err(&raw[..raw.len().min(120)]);
+        assert_eq!(got_field, field, "{raw:.120}");
+        if !message.is_empty() {
+            assert_eq!(got_message, message, "{raw:.120}");
+        }
+        assert_eq!(got_kind, kind, "{raw:.120}");
+    }
+}
+
+#[test]
+fn unknown_fields_go_to_attributes_and_millis_are_accepted() {
+    let element = check(r#"{"user_id":"u","timestamp_ms":1622558400123,"talked_time":5,"n":123456789012345678901234567890,"tags":["a"]}"#).unwrap();
+    assert_eq!(element.context.unix_us, 1_622_558_400_123_000);
+    assert_eq!(
+        element.context.attributes.as_deref(),
+        Some(r#"{"n":123456789012345678901234567890,"tags":["a"]}"#)
+    );
+}
+
+#[test]
+fn wide_form_null_metric_is_not_observed() {
+    let element =
+        check(r#"{"user_id":"u","timestamp":1722470400,"talked_time":5,"voice_sentiment":null}"#)
+            .unwrap();
+    assert_eq!(element.measurements, vec![m("talked_time", 5.0, None)]);
+}
+
+fn collect(payload: &str) -> Result<Vec<(usize, String)>, PayloadError> {
+    let mut seen = Vec::new();
+    for_each_element(payload, |ordinal, raw| {
+        seen.push((ordinal, raw.to_string()))
+    })
+    .map(|count| {
+        assert_eq!(count, seen.len());
+        seen
+    })
+}
+
+#[test]
+fn payload_shapes() {
+    assert_eq!(collect("[]").unwrap(), vec![]);
+    assert_eq!(
+        collect(" [ {\"a\":1} , 2 ,\"x\"] ").unwrap(),
+        vec![
+            (1, "{\"a\":1}".into()),
+            (2, "2".into()),
+            (3, "\"x\"".into())
+        ]
+    );
+    assert_eq!(
+        collect("{\"a\": 1}").unwrap(),
+        vec![(1, "{\"a\": 1}".into())]
+    );
+    assert_eq!(collect("{}").unwrap(), vec![(1, "{}".into())]);
+    // A lone surrogate is the element's problem, not the payload's.
+    assert_eq!(collect(r#"[{"a":"\ud800"}]"#).unwrap().len(), 1);
+}
+
+#[test]
+fn unreadable_payloads() {
+    let cases: &[(&str, &str)] = &[
+        ("not json", "22P02"),
+        ("[{\"a\":1}", "22P02"),
+        ("[{\"a\":1}] trailing", "22P02"),
+        ("{\"a\":", "22P02"),
+        ("", "22P02"),
+        ("   ", "22P02"),
+        ("42", "22023"),
+        ("\"a string\"", "22023"),
+        ("null", "22023"),
+    ];
+    for (payload, sqlstate) in cases {
+        assert_eq!(
+            collect(payload).expect_err(payload).sqlstate(),
+            *sqlstate,
+            "{payload}"
+        );
+    }
+}
+
+#[test]
+fn deep_nesting_is_an_element_rejection_not_a_crash() {
+    let deep_array = format!("[{}{}]", "[".repeat(100_000), "]".repeat(100_000));
+    let elements = collect(&deep_array)
+        .map_err(|e| e.to_string())
+        .expect("walks the outer array");
+    assert_eq!(elements.len(), 1);
+    let (field, message, kind) = check(&elements[0].1).expect_err("an array is not an element");
+    assert_eq!(
+        (field.as_str(), kind),
+        ("element", RejectionKind::WrongType),
+        "{message:.100}"
+    );
+
+    let deep_object = format!(
+        r#"{{"user_id":"u","timestamp":1722470400,"talked_time":1,"x":{}{}}}"#,
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let (field, message, kind) = check(&deep_object).expect_err("too deep");
+    assert_eq!(
+        (field.as_str(), kind),
+        ("element", RejectionKind::BadJson),
+        "{message:.100}"
+    );
+    assert!(
+        message.contains("recursion limit exceeded"),
+        "{message:.100}"
+    );
+}
