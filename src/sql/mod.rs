@@ -1,1 +1,20 @@
+//! The thin PostgreSQL layer: SQL entry points, the registry cache and the writer.
+//! Every SQL object is declared in sql/*.sql; the Rust functions here only
+//! export their C symbols (`sql = false`).
 
+mod errors;
+mod ingest;
+mod insert_metric;
+mod registry_cache;
+mod writer;
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+pgrx::extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
+pgrx::extension_sql_file!("../../sql/api.sql", name = "api", finalize);
+
+#[pgrx::pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    registry_cache::register_invalidation_callback();
+}

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Set up a local metrics_ingest database, ready to query:
+#
+#   ./scripts/setup.sh         install what is missing, build and install the
+#                              extension (release), start the cluster in
+#                              .pgdata on 127.0.0.1:54329, create database
+#                              `metrics` (sample data loaded on first creation)
+#   ./scripts/setup.sh stop    stop that cluster (the data stays in .pgdata)
+#
+# Re-running is quick and loses nothing: every step checks before it acts.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+mi_install_traps
+
+PORT=${METRICS_INGEST_PORT:-54329}
+DB=metrics
+PGDATA_DIR=$MI_ROOT/.pgdata
+
+usage() {
+    echo "usage: $0 [start|stop]" >&2
+    exit 2
+}
+
+create_database() {
+    local exists
+    exists=$(psql_cmd "$PORT" postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'")
+    if [[ $exists == 1 ]]; then
+        log "database $DB exists; keeping it and its data"
+        DB_CREATED=0
+    else
+        psql_cmd "$PORT" postgres -c "CREATE DATABASE $DB"
+        log "created database $DB"
+        DB_CREATED=1
+    fi
+    psql_cmd "$PORT" "$DB" -c "CREATE EXTENSION IF NOT EXISTS $MI_EXTENSION"
+    # A release build newer than the database's copy of the extension.
+    local installed default
+    installed=$(psql_cmd "$PORT" "$DB" -tAc \
+        "SELECT extversion FROM pg_extension WHERE extname = '$MI_EXTENSION'")
+    default=$(psql_cmd "$PORT" "$DB" -tAc \
+        "SELECT default_version FROM pg_available_extensions WHERE name = '$MI_EXTENSION'")
+    log "extension $MI_EXTENSION $installed (available: $default)"
+    if [[ $installed != "$default" ]]; then
+        log "note: the database has $installed; run ALTER EXTENSION $MI_EXTENSION UPDATE if an upgrade script exists"
+    fi
+}
+
+# Only ever called right after the database was created: on failure, drop
+# it again so that the next run starts over instead of skipping the load.
+load_sample_data() {
+    if ! psql_cmd "$PORT" "$DB" -f "$MI_ROOT/scripts/sample_data.sql"; then
+        psql_cmd "$PORT" postgres -c "DROP DATABASE IF EXISTS $DB" || true
+        die "scripts/sample_data.sql failed; dropped the new database $DB (re-run to retry)"
+    fi
+}
+
+summary() {
+    psql_cmd "$PORT" "$DB" <<'SQL'
+\pset footer off
+\echo
+\echo 'rows per metric_type:'
+SELECT metric_type, count(*) AS rows
+FROM metrics_ingest.metrics
+GROUP BY metric_type
+ORDER BY metric_type;
+SELECT count(DISTINCT session_id) AS distinct_sessions,
+       count(DISTINCT user_id)    AS distinct_users,
+       (SELECT count(*) FROM metrics_ingest.rejected) AS rejected_rows
+FROM metrics_ingest.metrics;
+SQL
+    cat <<EOF
+
+metrics_ingest is ready. Connect with:
+
+    psql -h 127.0.0.1 -p $PORT -U postgres $DB
+
+Stop the cluster with ./scripts/setup.sh stop (data stays in $PGDATA_DIR).
+EOF
+}
+
+case ${1:-start} in
+    start)
+        DB_CREATED=0
+        step "Debian packages" ensure_packages
+        step "cargo-pgrx ${MI_PGRX_VERSION}" ensure_cargo_pgrx
+        step "pgrx init (pg${MI_PG_MAJOR})" ensure_pgrx_init
+        step "build and install extension (release)" install_extension
+        step "start cluster ($PGDATA_DIR, port $PORT)" cluster_start "$PGDATA_DIR" "$PORT"
+        step "database $DB and extension" create_database
+        if [[ $DB_CREATED == 1 ]]; then
+            step "load scripts/sample_data.sql" load_sample_data
+        else
+            step_skip "load scripts/sample_data.sql" "database $DB already existed"
+        fi
+        step "summary" summary
+        ;;
+    stop)
+        step "stop cluster ($PGDATA_DIR)" cluster_stop "$PGDATA_DIR"
+        ;;
+    -h | --help) usage ;;
+    *) usage ;;
+esac

@@ -1,0 +1,119 @@
+-- metrics_ingest: tables, indexes and roles. Every name is schema-qualified:
+-- this script must mean the same whatever search_path CREATE EXTENSION runs with.
+
+-- Roles are cluster-wide and outlive the extension; create them only when absent.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'metrics_ingest_writer') THEN
+        CREATE ROLE metrics_ingest_writer NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'metrics_ingest_reader') THEN
+        CREATE ROLE metrics_ingest_reader NOLOGIN;
+    END IF;
+END
+$roles$;
+
+-- The registry: which metric types exist and how each is validated.
+-- Adding one is one INSERT; no schema change.
+CREATE TABLE metrics_ingest.metric_types (
+    metric_type text PRIMARY KEY
+        CHECK (metric_type OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]{0,62}$')
+        -- a metric named like a context field would make wide-form elements ambiguous
+        CHECK (metric_type <> ALL (ARRAY['timestamp', 'timestamp_ms', 'user_id', 'session_id',
+            'metric_type', 'metric_value', 'value', 'device_id', 'app_version', 'location',
+            'sentiment_score', 'event_id'])),
+    value_kind text NOT NULL CHECK (value_kind IN ('number', 'boolean', 'score')),
+    min_value double precision,
+    max_value double precision,
+    unit text,
+    -- label -> score, for value_kind 'score' (e.g. {"positive": 1})
+    labels jsonb NOT NULL DEFAULT '{}'::jsonb
+        CHECK (pg_catalog.jsonb_typeof(labels) = 'object'),
+    description text,
+    -- rows shipped by the extension; pg_dump keeps only the others (CREATE EXTENSION recreates these)
+    builtin boolean NOT NULL DEFAULT false,
+    CHECK (min_value IS NULL OR max_value IS NULL OR min_value <= max_value),
+    CHECK (min_value <> 'NaN'::double precision AND max_value <> 'NaN'::double precision)
+);
+
+INSERT INTO metrics_ingest.metric_types
+    (metric_type, value_kind, min_value, max_value, unit, labels, description, builtin)
+VALUES
+    ('talked_time', 'number', 0, NULL, 'seconds', '{}', 'Time the user talked during the call', true),
+    ('microphone_used', 'boolean', NULL, NULL, NULL, '{}', 'Whether a microphone was used (stored as 0 or 1)', true),
+    ('speaker_used', 'boolean', NULL, NULL, NULL, '{}', 'Whether a speaker was used (stored as 0 or 1)', true),
+    ('voice_sentiment', 'score', -1, 1, 'score',
+        '{"negative": -1, "neutral": 0, "positive": 1}',
+        'Sentiment of the voice: a score in [-1, 1] or a label (kept in metric_label)', true);
+
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metric_types', 'WHERE NOT builtin');
+
+-- One row per metric observation.
+CREATE TABLE metrics_ingest.metrics (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    "timestamp" timestamptz NOT NULL,
+    user_id text NOT NULL,
+    session_id text,
+    metric_type text NOT NULL,
+    metric_value double precision NOT NULL,
+    -- the label as sent, for label-valued metrics ("positive")
+    metric_label text,
+    device_id text,
+    app_version text,
+    location text,
+    sentiment_score double precision CHECK (sentiment_score BETWEEN -1 AND 1),
+    -- the client's idempotency key
+    event_id text,
+    -- fields the schema does not know, kept rather than dropped
+    attributes jsonb,
+    ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- user_id and "timestamp" lead every key, so the table can later be partitioned by
+    -- time and distributed by user without dropping a constraint. This key also serves
+    -- the commonest query: one user's metrics over a time range.
+    CONSTRAINT metrics_pkey PRIMARY KEY (user_id, "timestamp", id)
+);
+
+-- Idempotency: the same event (user, event_id, metric type, timestamp) is stored at most
+-- once. Partial, so rows without an event_id cost nothing here.
+CREATE UNIQUE INDEX metrics_event_key ON metrics_ingest.metrics
+    (user_id, event_id, metric_type, "timestamp") WHERE event_id IS NOT NULL;
+-- One session's metrics, in time order.
+CREATE INDEX metrics_session_idx ON metrics_ingest.metrics (session_id, "timestamp")
+    WHERE session_id IS NOT NULL;
+-- One metric type over time (dashboards, aggregates per type).
+CREATE INDEX metrics_type_time_idx ON metrics_ingest.metrics (metric_type, "timestamp");
+-- Time ranges across all users: rows arrive roughly in time order, so a BRIN index
+-- is tiny and nearly free to maintain.
+CREATE INDEX metrics_time_brin ON metrics_ingest.metrics USING brin ("timestamp");
+
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metrics_id_seq', '');
+
+-- The dead-letter table: every element that failed validation, as received.
+CREATE TABLE metrics_ingest.rejected (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    rejected_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- the role that sent it (functions run as their owner, so current_user would not tell)
+    rejected_by name NOT NULL DEFAULT pg_catalog.session_user(),
+    -- 'ingest_json'
+    source text NOT NULL,
+    -- 1-based position of the element in its payload
+    ordinal integer NOT NULL,
+    -- the element exactly as received: text, not jsonb, so even JSON that jsonb refuses
+    -- (\u0000, lone surrogates, duplicate keys) is kept verbatim
+    element text NOT NULL,
+    field text NOT NULL,
+    error text NOT NULL,
+    sqlstate text NOT NULL
+);
+CREATE INDEX rejected_at_idx ON metrics_ingest.rejected (rejected_at);
+
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected', '');
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected_id_seq', '');
+
+-- Privileges: tables are reachable only through the functions (writer) or read-only (reader).
+REVOKE ALL ON ALL TABLES IN SCHEMA metrics_ingest FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA metrics_ingest FROM PUBLIC;
+GRANT USAGE ON SCHEMA metrics_ingest TO metrics_ingest_writer, metrics_ingest_reader;
+GRANT SELECT ON metrics_ingest.metrics, metrics_ingest.rejected, metrics_ingest.metric_types
+    TO metrics_ingest_reader;

@@ -1,0 +1,1 @@
+//! SQL-facing tests, run by `cargo pgrx test` inside a real PostgreSQL.

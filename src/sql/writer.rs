@@ -1,0 +1,255 @@
+//! Storing validated elements and rejected ones.
+//!
+//! Rows go in through a kept SPI plan, `INSERT ... ON CONFLICT DO NOTHING`, so
+//! PostgreSQL itself enforces every constraint, default, trigger and the
+//! idempotency index, with the concurrency semantics users already know.
+
+use std::cell::Cell;
+use std::ffi::{c_char, CString};
+
+use pgrx::pg_sys;
+
+use super::errors::raise_internal;
+use crate::core::element::{Context, Measurement, ValidElement};
+use crate::core::error::Rejection;
+use crate::core::timestamp::PG_EPOCH_OFFSET_US;
+
+const INSERT_METRIC: &str = "INSERT INTO metrics_ingest.metrics \
+    (\"timestamp\", user_id, session_id, metric_type, metric_value, metric_label, \
+     device_id, app_version, location, sentiment_score, event_id, attributes) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
+const INSERT_METRIC_TYPES: [pg_sys::Oid; 12] = [
+    pg_sys::TIMESTAMPTZOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::FLOAT8OID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::FLOAT8OID,
+    pg_sys::TEXTOID,
+    pg_sys::JSONBOID,
+];
+
+const INSERT_REJECTED: &str = "INSERT INTO metrics_ingest.rejected \
+    (source, ordinal, element, field, error, sqlstate) VALUES ($1, $2, $3, $4, $5, $6)";
+const INSERT_REJECTED_TYPES: [pg_sys::Oid; 6] = [
+    pg_sys::TEXTOID,
+    pg_sys::INT4OID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
+];
+
+thread_local! {
+    // Prepared once per backend and kept: the plan cache replans them if the table changes.
+    static METRIC_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static REJECTED_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// What storing one element did.
+pub struct Stored {
+    pub inserted: u32,
+    pub duplicates: u32,
+}
+
+/// Open for the duration of one SQL call: holds the SPI connection and a
+/// memory context reset after every row, so a 100,000-element call runs in
+/// constant memory.
+pub struct Writer {
+    row_context: pg_sys::MemoryContext,
+    caller_context: pg_sys::MemoryContext,
+}
+
+impl Writer {
+    pub fn open() -> Writer {
+        unsafe {
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                raise_internal("SPI_connect", "failed");
+            }
+            let caller_context = pg_sys::CurrentMemoryContext;
+            let row_context = pg_sys::AllocSetContextCreateExtended(
+                caller_context,
+                c"metrics_ingest row".as_ptr(),
+                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+            );
+            Writer {
+                row_context,
+                caller_context,
+            }
+        }
+    }
+
+    pub fn store(&mut self, element: &ValidElement) -> Stored {
+        let plan = kept_plan(&METRIC_PLAN, INSERT_METRIC, &INSERT_METRIC_TYPES);
+        let mut stored = Stored {
+            inserted: 0,
+            duplicates: 0,
+        };
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(self.row_context);
+            let attributes = element
+                .context
+                .attributes
+                .as_deref()
+                .map(|a| jsonb_datum(a));
+            for measurement in &element.measurements {
+                let row = MetricRow::new(&element.context, measurement, attributes);
+                let status = pg_sys::SPI_execute_plan(
+                    plan,
+                    row.values.as_ptr().cast_mut(),
+                    row.nulls.as_ptr(),
+                    false,
+                    0,
+                );
+                if status != pg_sys::SPI_OK_INSERT as i32 {
+                    raise_internal("inserting a metric", format!("SPI status {status}"));
+                }
+                if pg_sys::SPI_processed == 1 {
+                    stored.inserted += 1;
+                } else {
+                    stored.duplicates += 1;
+                }
+            }
+            pg_sys::MemoryContextSwitchTo(self.caller_context);
+            pg_sys::MemoryContextReset(self.row_context);
+        }
+        stored
+    }
+
+    pub fn reject(&mut self, source: &str, ordinal: usize, element: &str, rejection: &Rejection) {
+        let plan = kept_plan(&REJECTED_PLAN, INSERT_REJECTED, &INSERT_REJECTED_TYPES);
+        unsafe {
+            pg_sys::MemoryContextSwitchTo(self.row_context);
+            let values = [
+                text_datum(source),
+                pg_sys::Datum::from(i32::try_from(ordinal).unwrap_or(i32::MAX)),
+                text_datum(element),
+                text_datum(&rejection.field),
+                text_datum(&rejection.message),
+                text_datum(rejection.kind.sqlstate()),
+            ];
+            let nulls = [b' ' as c_char; 6];
+            let status = pg_sys::SPI_execute_plan(
+                plan,
+                values.as_ptr().cast_mut(),
+                nulls.as_ptr(),
+                false,
+                0,
+            );
+            if status != pg_sys::SPI_OK_INSERT as i32 {
+                raise_internal("inserting into rejected", format!("SPI status {status}"));
+            }
+            pg_sys::MemoryContextSwitchTo(self.caller_context);
+            pg_sys::MemoryContextReset(self.row_context);
+        }
+    }
+
+    pub fn finish(self) {
+        unsafe {
+            pg_sys::MemoryContextDelete(self.row_context);
+            pg_sys::SPI_finish();
+        }
+    }
+}
+
+/// One metric row's parameters, in INSERT_METRIC's order.
+struct MetricRow {
+    values: [pg_sys::Datum; 12],
+    nulls: [c_char; 12],
+}
+
+impl MetricRow {
+    unsafe fn new(
+        context: &Context,
+        measurement: &Measurement,
+        attributes: Option<pg_sys::Datum>,
+    ) -> MetricRow {
+        let text = |value: Option<&str>| value.map(|s| text_datum(s));
+        let columns: [Option<pg_sys::Datum>; 12] = [
+            Some(pg_sys::Datum::from(context.unix_us - PG_EPOCH_OFFSET_US)),
+            text(Some(&context.user_id)),
+            text(context.session_id.as_deref()),
+            text(Some(&measurement.metric_type)),
+            Some(float8_datum(measurement.value)),
+            text(measurement.label.as_deref()),
+            text(context.device_id.as_deref()),
+            text(context.app_version.as_deref()),
+            text(context.location.as_deref()),
+            context.sentiment_score.map(float8_datum),
+            text(context.event_id.as_deref()),
+            attributes,
+        ];
+        let mut row = MetricRow {
+            values: [pg_sys::Datum::from(0); 12],
+            nulls: [b' ' as c_char; 12],
+        };
+        for (i, column) in columns.into_iter().enumerate() {
+            match column {
+                Some(datum) => row.values[i] = datum,
+                None => row.nulls[i] = b'n' as c_char,
+            }
+        }
+        row
+    }
+}
+
+fn kept_plan(
+    slot: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,
+    query: &str,
+    types: &[pg_sys::Oid],
+) -> pg_sys::SPIPlanPtr {
+    let cached = slot.with(Cell::get);
+    if !cached.is_null() {
+        return cached;
+    }
+    let Ok(query) = CString::new(query) else {
+        raise_internal("preparing", "query has a NUL byte")
+    };
+    unsafe {
+        let plan = pg_sys::SPI_prepare(
+            query.as_ptr(),
+            types.len() as i32,
+            types.as_ptr().cast_mut(),
+        );
+        if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+            raise_internal(
+                "preparing",
+                format!(
+                    "SPI_prepare failed ({})",
+                    std::ptr::addr_of!(pg_sys::SPI_result).read()
+                ),
+            );
+        }
+        slot.with(|s| s.set(plan));
+        plan
+    }
+}
+
+pub unsafe fn text_datum(value: &str) -> pg_sys::Datum {
+    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+        value.as_ptr() as *const c_char,
+        value.len() as i32,
+    ))
+}
+
+fn float8_datum(value: f64) -> pg_sys::Datum {
+    pg_sys::Datum::from(value.to_bits())
+}
+
+/// The core already refused NUL characters, so the CString cannot fail in practice.
+unsafe fn jsonb_datum(json: &str) -> pg_sys::Datum {
+    let Ok(cstring) = CString::new(json) else {
+        raise_internal("attributes", "NUL byte")
+    };
+    pgrx::direct_function_call_as_datum(
+        pg_sys::jsonb_in,
+        &[Some(pg_sys::Datum::from(cstring.as_ptr()))],
+    )
+    .unwrap_or_else(|| raise_internal("attributes", "jsonb_in returned NULL"))
+}
