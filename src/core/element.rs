@@ -631,9 +631,10 @@ fn measurement_from_json(
 fn boolean_from_json(field: &str, value: &Value) -> Result<f64, Rejection> {
     let truth = match value {
         Value::Bool(b) => Some(*b),
-        Value::Number(n) => match n.as_str() {
-            "0" => Some(false),
-            "1" => Some(true),
+        // 1, 1.0 and 1e0 all say the same; anything else is not a boolean.
+        Value::Number(n) => match n.as_f64() {
+            Some(v) if v == 0.0 => Some(false),
+            Some(v) if v == 1.0 => Some(true),
             _ => None,
         },
         Value::String(s) => match s.as_str() {

@@ -1,1 +1,296 @@
 //! SQL-facing tests, run by `cargo pgrx test` inside a real PostgreSQL.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use crate::core::registry::{Registry, ValueKind};
+
+    fn one<T: IntoDatum + FromDatum>(sql: &str) -> Option<T> {
+        Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    fn text(sql: &str) -> String {
+        one::<String>(sql).unwrap_or_default()
+    }
+
+    fn count(sql: &str) -> i64 {
+        one::<i64>(sql).unwrap_or(-1)
+    }
+
+    /// ingest_json's outcome rows as `ordinal|status|field|metrics_stored` lines.
+    fn outcomes(payload: &str) -> Vec<String> {
+        let sql = format!(
+            "SELECT coalesce(string_agg(concat_ws('|', ordinal, status, field, metrics_stored), E'\\n' ORDER BY ordinal), '') \
+             FROM metrics_ingest.ingest_json({})",
+            pgrx::spi::quote_literal(payload)
+        );
+        text(&sql).lines().map(str::to_string).collect()
+    }
+
+    const SEED_000: &str = r#"[{"timestamp": "2024-08-12T12:00:00+00:00", "user_id": "user456", "session_id": "session789", "metric_type": "microphone_used", "metric_value": "1", "device_id": "device012", "app_version": "1.0.1", "location": "Los Angeles", "sentiment_score": 0.8}]"#;
+    const SEED_002: &str = r#"{"user_id":"b2a7465b-5d83-40c6-b8b6-2f8f15cbf23d","metric_type":"talked_time","value":12.34,"timestamp":"2024-08-08T12:34:56Z"}"#;
+    const SEED_003: &str = r#"{"user_id": 1, "name": "John Doe", "email": "john.doe@example.com", "session_id": 1, "talked_time": 120, "microphone_used": true, "speaker_used": true, "voice_sentiment": "positive", "timestamp": 1622558400}"#;
+    const SEED_001: &str = r#"{"user_id": "u-1001", "session_id": "s-2001", "timestamp": 1722470400, "talked_time": 95, "microphone_used": true, "speaker_used": false, "voice_sentiment": "neutral"}"#;
+
+    const ROW: &str = "concat_ws('|', \"timestamp\" AT TIME ZONE 'UTC', user_id, session_id, metric_type, metric_value, \
+                       metric_label, device_id, app_version, location, sentiment_score, event_id, attributes)";
+
+    fn rows(filter: &str) -> Vec<String> {
+        let sql = format!(
+            "SELECT coalesce(string_agg({ROW}, E'\\n' ORDER BY id), '') FROM metrics_ingest.metrics WHERE {filter}"
+        );
+        text(&sql).lines().map(str::to_string).collect()
+    }
+
+    #[pg_test]
+    fn creates_every_object() {
+        let expected = [
+            ("SELECT count(*) FROM pg_tables WHERE schemaname = 'metrics_ingest'", 3),
+            ("SELECT count(*) FROM pg_indexes WHERE schemaname = 'metrics_ingest' AND tablename = 'metrics'", 5),
+            ("SELECT count(*) FROM pg_roles WHERE rolname IN ('metrics_ingest_writer', 'metrics_ingest_reader')", 2),
+            ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace AND prosecdef", 5),
+            // metrics, rejected, metric_types and both identity sequences are kept by pg_dump
+            ("SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'metrics_ingest'", 5),
+            ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace \
+              AND prosecdef AND NOT 'search_path=pg_catalog, pg_temp' = ANY(proconfig)", 0),
+            ("SELECT count(*) FROM pg_proc p WHERE pronamespace = 'metrics_ingest'::regnamespace \
+              AND has_function_privilege('public', p.oid, 'EXECUTE')", 0),
+        ];
+        for (sql, n) in expected {
+            assert_eq!(count(sql), n, "{sql}");
+        }
+        let relocatable =
+            one::<bool>("SELECT extrelocatable FROM pg_extension WHERE extname = 'metrics_ingest'");
+        assert_eq!(relocatable, Some(false));
+    }
+
+    #[pg_test]
+    fn shipped_registry_matches_the_core() {
+        let builtin = Registry::builtin();
+        let sql_names = text("SELECT string_agg(metric_type, ',' ORDER BY metric_type) FROM metrics_ingest.metric_types");
+        assert_eq!(sql_names, builtin.names().join(","));
+        for name in builtin.names() {
+            let rule = builtin.get(name).expect("listed");
+            let kind = text(&format!(
+                "SELECT value_kind FROM metrics_ingest.metric_types WHERE metric_type = '{name}'"
+            ));
+            assert_eq!(ValueKind::parse(&kind), Some(rule.kind), "{name}");
+            let bounds = text(&format!(
+                "SELECT concat_ws(',', coalesce(min_value::text, '-'), coalesce(max_value::text, '-')) \
+                 FROM metrics_ingest.metric_types WHERE metric_type = '{name}'"
+            ));
+            let show = |b: Option<f64>| b.map_or("-".to_string(), |v| v.to_string());
+            assert_eq!(
+                bounds,
+                format!("{},{}", show(rule.min), show(rule.max)),
+                "{name}"
+            );
+        }
+    }
+
+    #[pg_test]
+    fn seed_examples_are_stored_unchanged() {
+        assert_eq!(outcomes(SEED_000), vec!["1|inserted|1"]);
+        assert_eq!(outcomes(SEED_002), vec!["1|inserted|1"]);
+        assert_eq!(outcomes(SEED_003), vec!["1|inserted|4"]);
+        assert_eq!(outcomes(SEED_001), vec!["1|inserted|4"]);
+        assert_eq!(
+            rows("user_id IN ('user456', 'b2a7465b-5d83-40c6-b8b6-2f8f15cbf23d')"),
+            vec![
+                "2024-08-12 12:00:00|user456|session789|microphone_used|1|device012|1.0.1|Los Angeles|0.8",
+                "2024-08-08 12:34:56|b2a7465b-5d83-40c6-b8b6-2f8f15cbf23d|talked_time|12.34",
+            ]
+        );
+        assert_eq!(
+            rows("user_id = '1'"),
+            vec![
+                r#"2021-06-01 14:40:00|1|1|talked_time|120|{"name": "John Doe", "email": "john.doe@example.com"}"#,
+                r#"2021-06-01 14:40:00|1|1|microphone_used|1|{"name": "John Doe", "email": "john.doe@example.com"}"#,
+                r#"2021-06-01 14:40:00|1|1|speaker_used|1|{"name": "John Doe", "email": "john.doe@example.com"}"#,
+                r#"2021-06-01 14:40:00|1|1|voice_sentiment|1|positive|{"name": "John Doe", "email": "john.doe@example.com"}"#,
+            ]
+        );
+        assert_eq!(
+            rows("user_id = 'u-1001'"),
+            vec![
+                "2024-08-01 00:00:00|u-1001|s-2001|talked_time|95",
+                "2024-08-01 00:00:00|u-1001|s-2001|microphone_used|1",
+                "2024-08-01 00:00:00|u-1001|s-2001|speaker_used|0",
+                "2024-08-01 00:00:00|u-1001|s-2001|voice_sentiment|0|neutral",
+            ]
+        );
+        assert_eq!(count("SELECT count(*) FROM metrics_ingest.rejected"), 0);
+    }
+
+    #[pg_test]
+    fn seed_000_call_works_verbatim() {
+        Spi::run("SET search_path = metrics_ingest, public").expect("set");
+        Spi::run(
+            "CALL insert_metric('2024-08-12 12:00:00'::TIMESTAMP, 'user123'::VARCHAR, 'session456'::VARCHAR, \
+             'talked_time'::VARCHAR, '300'::VARCHAR, 'device789'::VARCHAR, '1.0.0'::VARCHAR, 'New York'::VARCHAR, 0.9::FLOAT)",
+        )
+        .expect("seed 000 call");
+        Spi::run("SET search_path TO DEFAULT").expect("reset");
+        let stored = text(
+            "SELECT concat_ws('|', \"timestamp\" = '2024-08-12 12:00:00'::timestamp::timestamptz, user_id, session_id, \
+             metric_type, metric_value, device_id, app_version, location, sentiment_score) FROM metrics_ingest.metrics",
+        );
+        assert_eq!(
+            stored,
+            "t|user123|session456|talked_time|300|device789|1.0.0|New York|0.9"
+        );
+    }
+
+    #[pg_test]
+    fn insert_metric_takes_numbers_labels_and_omitted_arguments() {
+        let calls = [
+            "CALL metrics_ingest.insert_metric('2024-08-12T12:00:00Z', 'u1', 's1', 'talked_time', 42)",
+            "CALL metrics_ingest.insert_metric('2024-08-12T12:00:01Z', 'u1', NULL, 'voice_sentiment', 'negative')",
+            "CALL metrics_ingest.insert_metric('2024-08-12T12:00:02Z', 'u1', NULL, 'speaker_used', 'true', event_id => 'e-1')",
+            "CALL metrics_ingest.insert_metric('2024-08-12T12:00:02Z', 'u1', NULL, 'speaker_used', 'true', event_id => 'e-1')",
+            "CALL metrics_ingest.insert_metric('2024-08-12T12:00:03Z', 'u1', NULL, 'microphone_used', 0, attributes => '{\"os\": \"linux\"}')",
+        ];
+        for call in calls {
+            Spi::run(call).unwrap_or_else(|e| panic!("{call}: {e}"));
+        }
+        assert_eq!(
+            rows("user_id = 'u1'"),
+            vec![
+                "2024-08-12 12:00:00|u1|s1|talked_time|42",
+                "2024-08-12 12:00:01|u1|voice_sentiment|-1|negative",
+                "2024-08-12 12:00:02|u1|speaker_used|1|e-1",
+                r#"2024-08-12 12:00:03|u1|microphone_used|0|{"os": "linux"}"#,
+            ]
+        );
+    }
+
+    #[pg_test(error = "metric_value: -1 is outside the bounds of talked_time [0, inf]")]
+    fn insert_metric_refuses_bad_values() {
+        Spi::run("CALL metrics_ingest.insert_metric(now(), 'u', NULL, 'talked_time', -1)").ok();
+    }
+
+    #[pg_test(
+        error = "metric_type: \"dancing\" is not a known metric type (known: microphone_used, speaker_used, talked_time, voice_sentiment)"
+    )]
+    fn insert_metric_refuses_unknown_types() {
+        Spi::run("CALL metrics_ingest.insert_metric(now(), 'u', NULL, 'dancing', 1)").ok();
+    }
+
+    #[pg_test(
+        error = "timestamp: 1900-01-01T00:00:00Z is outside the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z (epoch milliseconds must be sent as timestamp_ms)"
+    )]
+    fn insert_metric_refuses_implausible_times() {
+        Spi::run("CALL metrics_ingest.insert_metric('1900-01-01Z', 'u', NULL, 'talked_time', 1)")
+            .ok();
+    }
+
+    #[pg_test]
+    fn verdicts_for_every_element_and_rejected_rows_kept() {
+        let payload = r#"[
+            {"user_id":"v","timestamp":"2024-01-01T00:00:00Z","talked_time":1,"event_id":"a"},
+            {"user_id":"v","timestamp":"not a date","talked_time":1},
+            {"user_id":"v","timestamp":"2024-01-01T00:00:00Z","talked_time":1,"event_id":"a"},
+            42,
+            {"user_id":"v","timestamp":"2024-01-01T00:00:00Z","metric_type":"talked_time","metric_value":-3}
+        ]"#;
+        assert_eq!(
+            outcomes(payload),
+            vec![
+                "1|inserted|1",
+                "2|rejected|timestamp|0",
+                "3|duplicate|0",
+                "4|rejected|element|0",
+                "5|rejected|metric_value|0"
+            ]
+        );
+        let rejected = text(
+            "SELECT string_agg(concat_ws('|', ordinal, field, sqlstate, error, element), E'\\n' ORDER BY ordinal) \
+             FROM metrics_ingest.rejected",
+        );
+        assert_eq!(
+            rejected.lines().collect::<Vec<_>>(),
+            vec![
+                r#"2|timestamp|22023|"not a date" is not an ISO 8601 timestamp or epoch seconds|{"user_id":"v","timestamp":"not a date","talked_time":1}"#,
+                "4|element|22023|must be a JSON object, found a number|42",
+                r#"5|metric_value|22003|-3 is outside the bounds of talked_time [0, inf]|{"user_id":"v","timestamp":"2024-01-01T00:00:00Z","metric_type":"talked_time","metric_value":-3}"#,
+            ]
+        );
+        // A retry of the whole batch stores nothing new.
+        assert_eq!(
+            outcomes(
+                r#"[{"user_id":"v","timestamp":"2024-01-01T00:00:00Z","talked_time":1,"event_id":"a"}]"#
+            ),
+            vec!["1|duplicate|0"]
+        );
+        assert_eq!(count("SELECT count(*) FROM metrics_ingest.metrics"), 1);
+    }
+
+    #[pg_test]
+    fn text_json_and_jsonb_overloads_agree() {
+        let element = r#"{"user_id":"o","timestamp":"2024-01-01T00:00:00Z","talked_time":7}"#;
+        for cast in ["", "::text", "::json", "::jsonb"] {
+            let sql = format!("SELECT count(*) FROM metrics_ingest.ingest_json('{element}'{cast}) WHERE status = 'inserted'");
+            assert_eq!(count(&sql), 1, "{cast}");
+        }
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.ingest_json(NULL::text)"),
+            0
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.ingest_json(NULL::jsonb)"),
+            0
+        );
+        assert_eq!(count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'o' AND metric_value = 7"), 4);
+    }
+
+    #[pg_test]
+    fn timestamps_without_offset_are_utc_whatever_the_session_time_zone() {
+        Spi::run("SET TimeZone = 'America/New_York'").expect("tz");
+        outcomes(r#"{"user_id":"tz","timestamp":"2024-08-12T12:00:00","talked_time":1}"#);
+        let utc = text("SELECT (\"timestamp\" AT TIME ZONE 'UTC')::text FROM metrics_ingest.metrics WHERE user_id = 'tz'");
+        assert_eq!(utc, "2024-08-12 12:00:00");
+    }
+
+    #[pg_test(
+        error = "element 2: timestamp: \"yesterday\" is not an ISO 8601 timestamp or epoch seconds"
+    )]
+    fn on_error_stop_raises_at_the_first_bad_element() {
+        Spi::run(
+            r#"SELECT * FROM metrics_ingest.ingest_json('[{"user_id":"s","timestamp":1722470400,"talked_time":1},{"user_id":"s","timestamp":"yesterday","talked_time":1}]', on_error => 'stop')"#,
+        )
+        .ok();
+    }
+
+    #[pg_test(error = "payload is not valid JSON: EOF while parsing an object at line 1 column 2")]
+    fn a_payload_that_is_not_json_is_an_error() {
+        Spi::run("SELECT * FROM metrics_ingest.ingest_json('[{')").ok();
+    }
+
+    #[pg_test(error = "on_error must be 'reject' or 'stop', not \"skip\"")]
+    fn on_error_takes_only_known_words() {
+        Spi::run("SELECT * FROM metrics_ingest.ingest_json('[]', on_error => 'skip')").ok();
+    }
+
+    #[pg_test]
+    fn a_new_metric_type_is_one_insert_and_is_seen_at_once() {
+        assert_eq!(
+            outcomes(
+                r#"{"user_id":"n","timestamp":1722470400,"metric_type":"screen_shared","metric_value":true}"#
+            ),
+            vec!["1|rejected|metric_type|0"]
+        );
+        Spi::run("INSERT INTO metrics_ingest.metric_types (metric_type, value_kind) VALUES ('screen_shared', 'boolean')")
+            .expect("register");
+        assert_eq!(
+            outcomes(
+                r#"{"user_id":"n","timestamp":1722470400,"metric_type":"screen_shared","metric_value":true}"#
+            ),
+            vec!["1|inserted|1"]
+        );
+        assert_eq!(
+            outcomes(r#"{"user_id":"n","timestamp":1722470400,"screen_shared":false}"#),
+            vec!["1|inserted|1"]
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Shared helpers for the integration tests and the benchmark: connecting to
+//! the server the test script started, and generating realistic events.
+
+pub mod events;
+pub mod server;
