@@ -4,7 +4,7 @@ use pgrx::prelude::*;
 
 use super::errors::{raise, raise_payload, raise_rejection};
 use super::registry_cache::registry;
-use super::writer::Writer;
+use super::writer::{Path, Writer};
 use crate::core::element::validate_json_element;
 use crate::core::payload::for_each_element;
 
@@ -79,13 +79,13 @@ fn ingest_json_jsonb(
 
 fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
     let registry = registry();
-    let mut writer = Writer::open();
+    let mut writer = Writer::open(Path::Bulk);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let read = for_each_element(payload, |ordinal, raw| {
         let ordinal_i32 = i32::try_from(ordinal).unwrap_or(i32::MAX);
         match validate_json_element(raw, &registry) {
             Ok(element) => {
-                let stored = writer.store(&element);
+                let stored = writer.store(ordinal, &element);
                 let status = if stored.inserted > 0 {
                     "inserted"
                 } else {
@@ -111,6 +111,15 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
     if let Err(error) = read {
         raise_payload(&error);
     }
-    writer.finish();
+    for ordinal in writer.finish() {
+        // Rows that lost a race at flush time: the element stored fewer rows than
+        // it was credited with, and none at all makes it a duplicate.
+        if let Some(outcome) = outcomes.iter_mut().find(|o| o.0 as usize == ordinal) {
+            outcome.4 -= 1;
+            if outcome.4 == 0 {
+                outcome.1 = "duplicate";
+            }
+        }
+    }
     outcomes
 }

@@ -4,7 +4,7 @@ use pgrx::prelude::*;
 
 use super::errors::raise_rejection;
 use super::registry_cache::registry;
-use super::writer::Writer;
+use super::writer::{Path, Writer};
 use crate::core::element::{validate_call, CallArgs, CallValue};
 use crate::core::error::{Rejection, RejectionKind};
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
@@ -106,7 +106,7 @@ fn insert(
         Ok(element) => element,
         Err(rejection) => raise_rejection(&rejection, None),
     };
-    let mut writer = Writer::open();
-    writer.store(&element);
+    let mut writer = Writer::open(Path::Single);
+    writer.store(1, &element);
     writer.finish();
 }

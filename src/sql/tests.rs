@@ -293,4 +293,88 @@ mod tests {
             vec!["1|inserted|1"]
         );
     }
+
+    const MIXED_BATCH: &str = r#"[
+        {"user_id":"p","timestamp":"2024-03-01T10:00:00Z","talked_time":5,"mood":"ok"},
+        {"user_id":"p","timestamp":"2024-03-01T10:00:01Z","metric_type":"voice_sentiment","metric_value":"positive","event_id":"x1"},
+        {"user_id":"p","timestamp":"2024-03-01T10:00:01Z","metric_type":"voice_sentiment","metric_value":"positive","event_id":"x1"},
+        {"user_id":"p","timestamp":"bad","talked_time":5},
+        {"user_id":"p","timestamp":1709287203,"microphone_used":false,"speaker_used":true,"event_id":"x2"}
+    ]"#;
+    const MIXED_OUTCOMES: [&str; 5] = [
+        "1|inserted|1",
+        "2|inserted|1",
+        "3|duplicate|0",
+        "4|rejected|timestamp|0",
+        "5|inserted|2",
+    ];
+
+    /// The stored rows of MIXED_BATCH, whichever path stored them.
+    fn mixed_rows() -> Vec<&'static str> {
+        vec![
+            r#"2024-03-01 10:00:00|p|talked_time|5|{"mood": "ok"}"#,
+            "2024-03-01 10:00:01|p|voice_sentiment|1|positive|x1",
+            "2024-03-01 10:00:03|p|microphone_used|0|x2",
+            "2024-03-01 10:00:03|p|speaker_used|1|x2",
+        ]
+    }
+
+    #[pg_test]
+    fn fast_path_stores_a_mixed_batch() {
+        assert_eq!(outcomes(MIXED_BATCH), MIXED_OUTCOMES);
+        assert_eq!(rows("true"), mixed_rows());
+    }
+
+    #[pg_test]
+    fn a_table_with_a_trigger_falls_back_to_insert_and_agrees() {
+        Spi::run(
+            "CREATE TABLE public.audit (n bigint); \
+             CREATE FUNCTION public.count_rows() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN INSERT INTO public.audit VALUES (NEW.id); RETURN NEW; END$$; \
+             CREATE TRIGGER audit AFTER INSERT ON metrics_ingest.metrics FOR EACH ROW EXECUTE FUNCTION public.count_rows()",
+        )
+        .expect("trigger");
+        assert_eq!(outcomes(MIXED_BATCH), MIXED_OUTCOMES);
+        assert_eq!(rows("true"), mixed_rows());
+        // The trigger fired once per stored row: proof the INSERT path ran.
+        assert_eq!(count("SELECT count(*) FROM public.audit"), 4);
+    }
+
+    #[pg_test]
+    fn columns_added_by_a_dba_get_their_defaults_on_the_fast_path() {
+        Spi::run(
+            "ALTER TABLE metrics_ingest.metrics ADD COLUMN tenant text NOT NULL DEFAULT 'acme'",
+        )
+        .expect("alter");
+        assert_eq!(outcomes(MIXED_BATCH), MIXED_OUTCOMES);
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE tenant = 'acme'"),
+            4
+        );
+        let ids = text("SELECT string_agg(id::text, ',' ORDER BY id) FROM metrics_ingest.metrics");
+        assert_eq!(
+            ids.split(',').count(),
+            4,
+            "identity values are distinct: {ids}"
+        );
+        let same_time =
+            one::<bool>("SELECT bool_and(ingested_at = now()) FROM metrics_ingest.metrics");
+        assert_eq!(same_time, Some(true));
+    }
+
+    #[pg_test]
+    fn a_large_batch_crosses_many_flushes_and_a_retry_is_all_duplicates() {
+        let payload = "(SELECT json_agg(json_build_object('user_id', 'u' || (i % 97), 'timestamp', 1722470400 + i, \
+                       'talked_time', i, 'event_id', 'big-' || i, 'speaker_used', i % 2))::text FROM generate_series(1, 5000) i)";
+        let summary = |sql: &str| {
+            text(&format!(
+            "SELECT string_agg(status || ':' || n || ':' || stored, ',' ORDER BY status) FROM \
+             (SELECT status, count(*) AS n, sum(metrics_stored) AS stored FROM metrics_ingest.ingest_json({sql}) GROUP BY status) s"
+        ))
+        };
+        assert_eq!(summary(payload), "inserted:5000:10000");
+        assert_eq!(summary(payload), "duplicate:5000:0");
+        assert_eq!(count("SELECT count(*) FROM metrics_ingest.metrics"), 10_000);
+        assert_eq!(count("SELECT count(DISTINCT (user_id, event_id, metric_type)) FROM metrics_ingest.metrics"), 10_000);
+    }
 }

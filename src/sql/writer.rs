@@ -1,14 +1,16 @@
 //! Storing validated elements and rejected ones.
 //!
-//! Rows go in through a kept SPI plan, `INSERT ... ON CONFLICT DO NOTHING`, so
-//! PostgreSQL itself enforces every constraint, default, trigger and the
-//! idempotency index, with the concurrency semantics users already know.
+//! ingest_json writes through the fast path (`direct`) when the table allows
+//! it. Otherwise, and for single events (insert_metric), rows go in through a
+//! kept SPI plan, `INSERT ... ON CONFLICT DO NOTHING`, so PostgreSQL itself
+//! enforces every constraint, default, trigger and the idempotency index.
 
 use std::cell::Cell;
 use std::ffi::{c_char, CString};
 
 use pgrx::pg_sys;
 
+use super::direct::{Buffered, DirectTable};
 use super::errors::raise_internal;
 use crate::core::element::{Context, Measurement, ValidElement};
 use crate::core::error::Rejection;
@@ -62,10 +64,20 @@ pub struct Stored {
 pub struct Writer {
     row_context: pg_sys::MemoryContext,
     caller_context: pg_sys::MemoryContext,
+    direct: Option<DirectTable>,
+}
+
+/// Which path a call may use.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Path {
+    /// Batches: the direct multi-insert path where the table allows it.
+    Bulk,
+    /// One event: a kept plan is cheaper than setting up the executor.
+    Single,
 }
 
 impl Writer {
-    pub fn open() -> Writer {
+    pub fn open(path: Path) -> Writer {
         unsafe {
             if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
                 raise_internal("SPI_connect", "failed");
@@ -78,14 +90,40 @@ impl Writer {
                 pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
                 pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             );
+            let direct = if path == Path::Bulk {
+                DirectTable::open()
+            } else {
+                None
+            };
             Writer {
                 row_context,
                 caller_context,
+                direct,
             }
         }
     }
 
-    pub fn store(&mut self, element: &ValidElement) -> Stored {
+    pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> Stored {
+        if let Some(direct) = self.direct.as_mut() {
+            let mut stored = Stored {
+                inserted: 0,
+                duplicates: 0,
+            };
+            direct.make_room(&element.context, &element.measurements);
+            let attributes = element.context.attributes.as_deref().map(|a| unsafe {
+                let old = pg_sys::MemoryContextSwitchTo(direct.batch_context());
+                let datum = jsonb_datum(a);
+                pg_sys::MemoryContextSwitchTo(old);
+                datum
+            });
+            for measurement in &element.measurements {
+                match direct.buffer(ordinal, &element.context, measurement, attributes) {
+                    Buffered::Inserted => stored.inserted += 1,
+                    Buffered::Duplicate => stored.duplicates += 1,
+                }
+            }
+            return stored;
+        }
         let plan = kept_plan(&METRIC_PLAN, INSERT_METRIC, &INSERT_METRIC_TYPES);
         let mut stored = Stored {
             inserted: 0,
@@ -150,11 +188,15 @@ impl Writer {
         }
     }
 
-    pub fn finish(self) {
+    /// Returns the ordinals of elements one of whose rows turned out, at
+    /// flush time, to be a duplicate after all (one entry per such row).
+    pub fn finish(self) -> Vec<usize> {
+        let late_duplicates = self.direct.map(DirectTable::close).unwrap_or_default();
         unsafe {
             pg_sys::MemoryContextDelete(self.row_context);
             pg_sys::SPI_finish();
         }
+        late_duplicates
     }
 }
 
@@ -170,26 +212,14 @@ impl MetricRow {
         measurement: &Measurement,
         attributes: Option<pg_sys::Datum>,
     ) -> MetricRow {
-        let text = |value: Option<&str>| value.map(|s| text_datum(s));
-        let columns: [Option<pg_sys::Datum>; 12] = [
-            Some(pg_sys::Datum::from(context.unix_us - PG_EPOCH_OFFSET_US)),
-            text(Some(&context.user_id)),
-            text(context.session_id.as_deref()),
-            text(Some(&measurement.metric_type)),
-            Some(float8_datum(measurement.value)),
-            text(measurement.label.as_deref()),
-            text(context.device_id.as_deref()),
-            text(context.app_version.as_deref()),
-            text(context.location.as_deref()),
-            context.sentiment_score.map(float8_datum),
-            text(context.event_id.as_deref()),
-            attributes,
-        ];
         let mut row = MetricRow {
             values: [pg_sys::Datum::from(0); 12],
             nulls: [b' ' as c_char; 12],
         };
-        for (i, column) in columns.into_iter().enumerate() {
+        for (i, column) in supplied_values(context, measurement, attributes)
+            .into_iter()
+            .enumerate()
+        {
             match column {
                 Some(datum) => row.values[i] = datum,
                 None => row.nulls[i] = b'n' as c_char,
@@ -197,6 +227,30 @@ impl MetricRow {
         }
         row
     }
+}
+
+/// The values of the columns we supply, in INSERT_METRIC's order (None is NULL).
+/// Text datums are allocated in the current memory context.
+pub unsafe fn supplied_values(
+    context: &Context,
+    measurement: &Measurement,
+    attributes: Option<pg_sys::Datum>,
+) -> [Option<pg_sys::Datum>; 12] {
+    let text = |value: Option<&str>| value.map(|s| text_datum(s));
+    [
+        Some(pg_sys::Datum::from(context.unix_us - PG_EPOCH_OFFSET_US)),
+        text(Some(&context.user_id)),
+        text(context.session_id.as_deref()),
+        text(Some(&measurement.metric_type)),
+        Some(float8_datum(measurement.value)),
+        text(measurement.label.as_deref()),
+        text(context.device_id.as_deref()),
+        text(context.app_version.as_deref()),
+        text(context.location.as_deref()),
+        context.sentiment_score.map(float8_datum),
+        text(context.event_id.as_deref()),
+        attributes,
+    ]
 }
 
 fn kept_plan(
