@@ -84,11 +84,19 @@ impl<'de> Deserialize<'de> for ElementFields {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ElementFields, A::Error> {
                 let mut out = ElementFields::default();
-                let mut seen = HashSet::new();
+                // Elements have a dozen keys: a scan beats hashing, until a hostile one has thousands.
+                let mut seen: Option<HashSet<String>> = None;
                 while let Some(key) = map.next_key::<String>()? {
                     let value: Value = map.next_value()?;
-                    if !seen.insert(key.clone()) && out.duplicate_key.is_none() {
-                        out.duplicate_key = Some(key);
+                    if out.fields.len() == 32 {
+                        seen = Some(out.fields.iter().map(|(k, _)| k.clone()).collect());
+                    }
+                    let repeated = match seen.as_mut() {
+                        Some(seen) => !seen.insert(key.clone()),
+                        None => out.fields.iter().any(|(k, _)| *k == key),
+                    };
+                    if repeated {
+                        out.duplicate_key.get_or_insert(key);
                         continue;
                     }
                     out.fields.push((key, value));

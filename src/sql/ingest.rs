@@ -1,20 +1,47 @@
 //! `metrics_ingest.ingest_json(payload, on_error)`.
+//!
+//! Written against fmgr directly rather than through pgrx's value-per-call
+//! iterator: the function is SECURITY DEFINER with a pinned search_path, and
+//! PostgreSQL re-enters such a function (saving and restoring the GUC) once per
+//! result row in value-per-call mode. Materialize mode calls it once.
 
 use pgrx::prelude::*;
 
 use super::errors::{raise, raise_payload, raise_rejection};
 use super::registry_cache::registry;
-use super::writer::{Path, Writer};
+use super::writer::{text_datum, Path, Writer};
 use crate::core::element::validate_json_element;
 use crate::core::payload::for_each_element;
-
-/// One row of ingest_json's result: ordinal, status, error, field, metrics_stored.
-type Outcome = (i32, &'static str, Option<String>, Option<String>, i32);
 
 #[derive(Clone, Copy, PartialEq)]
 enum OnError {
     Reject,
     Stop,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Status {
+    Inserted,
+    Duplicate,
+    Rejected,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Inserted => "inserted",
+            Status::Duplicate => "duplicate",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// One row of the result, in order: ordinal, status, error, field, metrics_stored.
+struct Outcome {
+    ordinal: usize,
+    status: Status,
+    rejection: Option<(String, String)>,
+    metrics_stored: u32,
 }
 
 fn on_error_mode(on_error: Option<&str>) -> OnError {
@@ -32,49 +59,45 @@ fn on_error_mode(on_error: Option<&str>) -> OnError {
     }
 }
 
+static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_ingest_json_text_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    &V1
+}
+
+#[no_mangle]
+pub extern "C" fn pg_finfo_ingest_json_jsonb_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    &V1
+}
+
 /// For `text` and `json` payloads: parsed once, in place, streaming.
-#[pg_extern(sql = false)]
-fn ingest_json_text(
-    payload: Option<&str>,
-    on_error: Option<&str>,
-) -> TableIterator<
-    'static,
-    (
-        name!(ordinal, i32),
-        name!(status, &'static str),
-        name!(error, Option<String>),
-        name!(field, Option<String>),
-        name!(metrics_stored, i32),
-    ),
-> {
-    let mode = on_error_mode(on_error);
-    match payload {
-        None => TableIterator::empty(),
-        Some(payload) => TableIterator::new(ingest(payload, mode)),
-    }
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn ingest_json_text_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let mode = on_error_mode(pgrx::pg_getarg::<&str>(fcinfo, 1));
+    let outcomes = match pgrx::pg_getarg::<&str>(fcinfo, 0) {
+        Some(payload) => ingest(payload, mode),
+        None => Vec::new(),
+    };
+    return_outcomes(fcinfo, &outcomes)
 }
 
 /// For `jsonb` payloads: jsonb has already merged duplicate keys and refused
 /// `\u0000`; its text form goes through the same path as text payloads.
-#[pg_extern(sql = false)]
-fn ingest_json_jsonb(
-    payload: Option<pgrx::JsonB>,
-    on_error: Option<&str>,
-) -> TableIterator<
-    'static,
-    (
-        name!(ordinal, i32),
-        name!(status, &'static str),
-        name!(error, Option<String>),
-        name!(field, Option<String>),
-        name!(metrics_stored, i32),
-    ),
-> {
-    let mode = on_error_mode(on_error);
-    match payload {
-        None => TableIterator::empty(),
-        Some(pgrx::JsonB(value)) => TableIterator::new(ingest(&value.to_string(), mode)),
-    }
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn ingest_json_jsonb_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let mode = on_error_mode(pgrx::pg_getarg::<&str>(fcinfo, 1));
+    let outcomes = match pgrx::pg_getarg::<pgrx::JsonB>(fcinfo, 0) {
+        Some(pgrx::JsonB(value)) => ingest(&value.to_string(), mode),
+        None => Vec::new(),
+    };
+    return_outcomes(fcinfo, &outcomes)
 }
 
 fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
@@ -82,29 +105,33 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
     let mut writer = Writer::open(Path::Bulk);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let read = for_each_element(payload, |ordinal, raw| {
-        let ordinal_i32 = i32::try_from(ordinal).unwrap_or(i32::MAX);
         match validate_json_element(raw, &registry) {
             Ok(element) => {
                 let stored = writer.store(ordinal, &element);
                 let status = if stored.inserted > 0 {
-                    "inserted"
+                    Status::Inserted
                 } else {
-                    "duplicate"
+                    Status::Duplicate
                 };
-                outcomes.push((ordinal_i32, status, None, None, stored.inserted as i32));
+                outcomes.push(Outcome {
+                    ordinal,
+                    status,
+                    rejection: None,
+                    metrics_stored: stored.inserted,
+                });
             }
             Err(rejection) => {
                 if mode == OnError::Stop {
                     raise_rejection(&rejection, Some(ordinal));
                 }
                 writer.reject("ingest_json", ordinal, raw, &rejection);
-                outcomes.push((
-                    ordinal_i32,
-                    "rejected",
-                    Some(rejection.to_string()),
-                    Some(rejection.field),
-                    0,
-                ));
+                let reported = (rejection.to_string(), rejection.field);
+                outcomes.push(Outcome {
+                    ordinal,
+                    status: Status::Rejected,
+                    rejection: Some(reported),
+                    metrics_stored: 0,
+                });
             }
         }
     });
@@ -112,14 +139,52 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
         raise_payload(&error);
     }
     for ordinal in writer.finish() {
-        // Rows that lost a race at flush time: the element stored fewer rows than
-        // it was credited with, and none at all makes it a duplicate.
-        if let Some(outcome) = outcomes.iter_mut().find(|o| o.0 as usize == ordinal) {
-            outcome.4 -= 1;
-            if outcome.4 == 0 {
-                outcome.1 = "duplicate";
+        // A row that lost a race at flush time: the element stored fewer rows than
+        // it was credited with, and none at all makes it a duplicate. Ordinals are
+        // the positions in `outcomes`, one outcome per element.
+        if let Some(outcome) = outcomes.get_mut(ordinal - 1) {
+            outcome.metrics_stored = outcome.metrics_stored.saturating_sub(1);
+            if outcome.metrics_stored == 0 {
+                outcome.status = Status::Duplicate;
             }
         }
     }
     outcomes
+}
+
+unsafe fn return_outcomes(fcinfo: pg_sys::FunctionCallInfo, outcomes: &[Outcome]) -> pg_sys::Datum {
+    pg_sys::InitMaterializedSRF(fcinfo, 0);
+    let result_info = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+    let (store, descriptor) = ((*result_info).setResult, (*result_info).setDesc);
+    // tuplestore_putvalues copies each row, so its text datums can go right after.
+    let row_context = pg_sys::AllocSetContextCreateExtended(
+        pg_sys::CurrentMemoryContext,
+        c"metrics_ingest outcome".as_ptr(),
+        pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+        pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+        pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+    );
+    let caller_context = pg_sys::MemoryContextSwitchTo(row_context);
+    for outcome in outcomes {
+        let (error, field) = match &outcome.rejection {
+            Some((error, field)) => (Some(text_datum(error)), Some(text_datum(field))),
+            None => (None, None),
+        };
+        let columns = [
+            Some(pg_sys::Datum::from(
+                i32::try_from(outcome.ordinal).unwrap_or(i32::MAX),
+            )),
+            Some(text_datum(outcome.status.as_str())),
+            error,
+            field,
+            Some(pg_sys::Datum::from(outcome.metrics_stored as i32)),
+        ];
+        let mut values = columns.map(|c| c.unwrap_or(pg_sys::Datum::from(0)));
+        let mut nulls = columns.map(|c| c.is_none());
+        pg_sys::tuplestore_putvalues(store, descriptor, values.as_mut_ptr(), nulls.as_mut_ptr());
+        pg_sys::MemoryContextReset(row_context);
+    }
+    pg_sys::MemoryContextSwitchTo(caller_context);
+    pg_sys::MemoryContextDelete(row_context);
+    pg_sys::Datum::from(0)
 }
