@@ -8,4 +8,6 @@ pub mod registry;
 pub mod timestamp;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
