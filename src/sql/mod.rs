@@ -13,7 +13,8 @@ mod writer;
 mod tests;
 
 pgrx::extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
-pgrx::extension_sql_file!("../../sql/api.sql", name = "api", finalize);
+pgrx::extension_sql_file!("../../sql/api.sql", name = "api", requires = ["schema"]);
+pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize);
 
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -1,0 +1,23 @@
+-- Catalog documentation (since 0.1.1): what \d+ and \df+ show about each object.
+COMMENT ON TABLE metrics_ingest.metrics IS
+    'One row per metric observation. Written by ingest_json and insert_metric; see the README for the columns.';
+COMMENT ON COLUMN metrics_ingest.metrics.metric_label IS
+    'The label as sent for label-valued metrics (e.g. positive), whose score is in metric_value';
+COMMENT ON COLUMN metrics_ingest.metrics.event_id IS
+    'The client''s idempotency key: (user_id, event_id, metric_type, timestamp) is stored at most once';
+COMMENT ON COLUMN metrics_ingest.metrics.attributes IS
+    'Fields of the element that the schema does not know, kept rather than dropped';
+COMMENT ON TABLE metrics_ingest.metric_types IS
+    'The registry of metric types and how each value is validated. Add one with a single INSERT.';
+COMMENT ON TABLE metrics_ingest.rejected IS
+    'Dead letters: every element ingest_json refused, as received, with the field and the reason';
+COMMENT ON FUNCTION metrics_ingest.ingest_json(text, text) IS
+    'Validates and stores a JSON array of metric events (or one object); returns one verdict per element';
+COMMENT ON FUNCTION metrics_ingest.ingest_json(json, text) IS
+    'As ingest_json(text, text), for json values';
+COMMENT ON FUNCTION metrics_ingest.ingest_json(jsonb, text) IS
+    'As ingest_json(text, text), for jsonb values (duplicate keys already merged by jsonb)';
+COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, text, text, text, text, double precision, text, jsonb) IS
+    'Stores one metric event, validated like ingest_json; raises a class-22 error naming the field';
+COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) IS
+    'As insert_metric with a text value, for numeric values';
