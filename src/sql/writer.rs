@@ -16,7 +16,12 @@ use crate::core::element::{Context, Measurement, ValidElement};
 use crate::core::error::Rejection;
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
 
+// Only rows with an event_id can conflict; the others skip speculative insertion.
 const INSERT_METRIC: &str = "INSERT INTO metrics_ingest.metrics \
+    (\"timestamp\", user_id, session_id, metric_type, metric_value, metric_label, \
+     device_id, app_version, location, sentiment_score, event_id, attributes) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+const INSERT_EVENT: &str = "INSERT INTO metrics_ingest.metrics \
     (\"timestamp\", user_id, session_id, metric_type, metric_value, metric_label, \
      device_id, app_version, location, sentiment_score, event_id, attributes) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
@@ -49,6 +54,7 @@ const INSERT_REJECTED_TYPES: [pg_sys::Oid; 6] = [
 thread_local! {
     // Prepared once per backend and kept: the plan cache replans them if the table changes.
     static METRIC_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static EVENT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
     static REJECTED_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
 }
 
@@ -124,7 +130,10 @@ impl Writer {
             }
             return stored;
         }
-        let plan = kept_plan(&METRIC_PLAN, INSERT_METRIC, &INSERT_METRIC_TYPES);
+        let plan = match element.context.event_id {
+            Some(_) => kept_plan(&EVENT_PLAN, INSERT_EVENT, &INSERT_METRIC_TYPES),
+            None => kept_plan(&METRIC_PLAN, INSERT_METRIC, &INSERT_METRIC_TYPES),
+        };
         let mut stored = Stored {
             inserted: 0,
             duplicates: 0,
