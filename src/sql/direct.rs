@@ -1,0 +1,455 @@
+//! The fast path: COPY's techniques applied to validated elements.
+//!
+//! Tuples are built straight from parsed values (no text input functions),
+//! buffered, and written with `table_multi_insert` plus index maintenance,
+//! the way COPY's multi-insert buffer does. Column defaults (the identity,
+//! `ingested_at`, any column a DBA added) are evaluated as COPY evaluates them,
+//! and NOT NULL / CHECK constraints are enforced with `ExecConstraints`.
+//!
+//! Idempotency: a flush holding rows with an event_id runs in a subtransaction
+//! and inserts into the event index without raising on conflict. If any of its
+//! keys already exists (a retry) or is being inserted by a concurrent session,
+//! the subtransaction is rolled back and the flush's rows go in one by one
+//! through PostgreSQL's speculative insertion, the exact protocol of INSERT ...
+//! ON CONFLICT DO NOTHING (which waits for the other session to finish). New
+//! events thus cost no extra index probe; after a flush that met duplicates,
+//! rows are checked against the index as they are buffered, since a retried
+//! batch is usually duplicates throughout. Nothing is lost or doubled.
+//!
+//! Used only where it is equivalent to an INSERT: a plain heap table with no
+//! triggers, no row-level security and no generated columns. Otherwise the
+//! writer falls back to SPI.
+
+use std::collections::HashSet;
+use std::ffi::CStr;
+use std::ptr::null_mut;
+
+use pgrx::pg_sys;
+
+use super::errors::raise_internal;
+use crate::core::element::{Context, Measurement};
+
+/// Rows per multi-insert, as COPY's MAX_BUFFERED_TUPLES.
+const MAX_BUFFERED: usize = 1000;
+
+/// The columns we supply, in the order of `supplied_values`, with their types.
+const SUPPLIED: [(&str, pg_sys::Oid); 12] = [
+    ("timestamp", pg_sys::TIMESTAMPTZOID),
+    ("user_id", pg_sys::TEXTOID),
+    ("session_id", pg_sys::TEXTOID),
+    ("metric_type", pg_sys::TEXTOID),
+    ("metric_value", pg_sys::FLOAT8OID),
+    ("metric_label", pg_sys::TEXTOID),
+    ("device_id", pg_sys::TEXTOID),
+    ("app_version", pg_sys::TEXTOID),
+    ("location", pg_sys::TEXTOID),
+    ("sentiment_score", pg_sys::FLOAT8OID),
+    ("event_id", pg_sys::TEXTOID),
+    ("attributes", pg_sys::JSONBOID),
+];
+const EVENT_ID: usize = 10;
+const EVENT_INDEX: &CStr = c"metrics_event_key";
+
+/// A hash of the event index key. A collision costs an early flush, nothing
+/// more: the index itself decides what is a duplicate.
+type EventKey = u64;
+
+fn event_key(context: &Context, measurement: &Measurement) -> Option<EventKey> {
+    use std::hash::{Hash, Hasher};
+    let event_id = context.event_id.as_ref()?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    (
+        &context.user_id,
+        event_id,
+        &measurement.metric_type,
+        context.unix_us,
+    )
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+pub struct DirectTable {
+    locked: pg_sys::Relation,
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    econtext: *mut pg_sys::ExprContext,
+    bistate: pg_sys::BulkInsertState,
+    cid: pg_sys::CommandId,
+    arbiters: *mut pg_sys::List,
+    natts: usize,
+    /// Attribute index (0-based) of each SUPPLIED column.
+    attribute_of: [usize; 12],
+    defaults: Vec<(usize, *mut pg_sys::ExprState)>,
+    has_constraints: bool,
+    slots: Vec<*mut pg_sys::TupleTableSlot>,
+    buffered: usize,
+    buffered_events: usize,
+    buffered_keys: HashSet<EventKey>,
+    /// The element each buffered row came from, to correct its verdict if a
+    /// race turns the row into a duplicate at flush time.
+    buffered_ordinals: Vec<usize>,
+    late_duplicates: Vec<usize>,
+    /// The last flush met existing keys: probe the index before buffering.
+    expect_duplicates: bool,
+    batch_context: pg_sys::MemoryContext,
+}
+
+pub enum Buffered {
+    Inserted,
+    Duplicate,
+}
+
+impl DirectTable {
+    /// None when the table is not eligible (see the module comment).
+    pub fn open() -> Option<DirectTable> {
+        unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), false);
+            let relid = pg_sys::get_relname_relid(c"metrics".as_ptr(), namespace);
+            if relid == pg_sys::InvalidOid {
+                raise_internal("opening metrics", "metrics_ingest.metrics does not exist");
+            }
+            // The executor expects the caller to hold the lock, as DoCopy does.
+            let locked = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
+                as *mut pg_sys::RangeTblEntry;
+            (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+            (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+            (*rte).relid = relid;
+            (*rte).relkind = pg_sys::RELKIND_RELATION as std::ffi::c_char;
+            (*rte).rellockmode = pg_sys::RowExclusiveLock as i32;
+            (*rte).requiredPerms = pg_sys::ACL_INSERT as pg_sys::AclMode;
+            let estate = pg_sys::CreateExecutorState();
+            pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(null_mut(), rte.cast()));
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                as *mut pg_sys::ResultRelInfo;
+            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::ExecInitResultRelation(estate, rri, 1);
+            let rel = (*rri).ri_RelationDesc;
+            let form = (*rel).rd_rel;
+            let eligible = (*form).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
+                && (*rri).ri_TrigDesc.is_null()
+                && !(*form).relrowsecurity;
+            let mut table = DirectTable {
+                locked,
+                rel,
+                estate,
+                rri,
+                econtext: null_mut(),
+                bistate: null_mut(),
+                cid: 0,
+                arbiters: null_mut(),
+                natts: 0,
+                attribute_of: [usize::MAX; 12],
+                defaults: Vec::new(),
+                has_constraints: false,
+                slots: Vec::new(),
+                buffered: 0,
+                buffered_events: 0,
+                buffered_keys: HashSet::new(),
+                buffered_ordinals: Vec::with_capacity(MAX_BUFFERED),
+                late_duplicates: Vec::new(),
+                expect_duplicates: false,
+                batch_context: null_mut(),
+            };
+            if !eligible || !table.prepare() {
+                table.close_executor();
+                return None;
+            }
+            Some(table)
+        }
+    }
+
+    unsafe fn prepare(&mut self) -> bool {
+        pg_sys::CheckValidResultRel(self.rri, pg_sys::CmdType::CMD_INSERT);
+        pg_sys::ExecOpenIndices(self.rri, true);
+        let tupdesc = (*self.rel).rd_att;
+        self.natts = (*tupdesc).natts as usize;
+        self.has_constraints = !(*tupdesc).constr.is_null();
+        for i in 0..self.natts {
+            let attribute = (*tupdesc).attrs.as_ptr().add(i);
+            if (*attribute).attisdropped {
+                continue;
+            }
+            if (*attribute).attgenerated != 0 {
+                return false;
+            }
+            let name = CStr::from_ptr((*attribute).attname.data.as_ptr());
+            match SUPPLIED
+                .iter()
+                .position(|(n, _)| n.as_bytes() == name.to_bytes())
+            {
+                Some(k) if SUPPLIED[k].1 == (*attribute).atttypid => self.attribute_of[k] = i,
+                Some(_) => return false,
+                None => {
+                    let default = pg_sys::build_column_default(self.rel, (i + 1) as i32);
+                    if !default.is_null() {
+                        let planned = pg_sys::expression_planner(default.cast());
+                        self.defaults
+                            .push((i, pg_sys::ExecInitExpr(planned, null_mut())));
+                    }
+                }
+            }
+        }
+        if self.attribute_of.contains(&usize::MAX) {
+            return false;
+        }
+        for i in 0..(*self.rri).ri_NumIndices as usize {
+            let index = *(*self.rri).ri_IndexRelationDescs.add(i);
+            let name = pg_sys::get_rel_name((*index).rd_id);
+            if !name.is_null() && CStr::from_ptr(name) == EVENT_INDEX {
+                self.arbiters = pg_sys::lappend_oid(null_mut(), (*index).rd_id);
+            }
+        }
+        if self.arbiters.is_null() {
+            return false;
+        }
+        self.econtext = pg_sys::MakePerTupleExprContext(self.estate);
+        self.cid = pg_sys::GetCurrentCommandId(true);
+        (*self.estate).es_output_cid = self.cid;
+        self.bistate = pg_sys::GetBulkInsertState();
+        self.batch_context = pg_sys::AllocSetContextCreateExtended(
+            pg_sys::CurrentMemoryContext,
+            c"metrics_ingest batch".as_ptr(),
+            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+        );
+        true
+    }
+
+    /// Called before an element's values are built: flushes when the buffer
+    /// is full or already holds one of the element's events (the index must see
+    /// the first copy to call the second a duplicate). No flush may happen in
+    /// the middle of an element, since a flush frees the values built for it.
+    pub fn make_room(&mut self, context: &Context, measurements: &[Measurement]) {
+        let clash = measurements
+            .iter()
+            .filter_map(|m| event_key(context, m))
+            .any(|key| self.buffered_keys.contains(&key));
+        if clash || self.buffered + measurements.len() > MAX_BUFFERED {
+            self.flush();
+        }
+    }
+
+    /// Buffers one metric row, or finds it is a duplicate. `attributes` is the
+    /// element's jsonb, built by the caller in `batch_context()` after `make_room`.
+    pub fn buffer(
+        &mut self,
+        ordinal: usize,
+        context: &Context,
+        measurement: &Measurement,
+        attributes: Option<pg_sys::Datum>,
+    ) -> Buffered {
+        unsafe {
+            let key = event_key(context, measurement);
+            if self.buffered == self.slots.len() {
+                self.slots.push(pg_sys::table_slot_create(
+                    self.rel,
+                    &mut (*self.estate).es_tupleTable,
+                ));
+            }
+            let slot = self.slots[self.buffered];
+            self.fill(slot, context, measurement, attributes);
+            if key.is_some() && self.expect_duplicates {
+                let mut conflict = pg_sys::ItemPointerData::default();
+                let free = pg_sys::ExecCheckIndexConstraints(
+                    self.rri,
+                    slot,
+                    self.estate,
+                    &mut conflict,
+                    self.arbiters,
+                );
+                pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+                if !free {
+                    pg_sys::ExecClearTuple(slot);
+                    return Buffered::Duplicate;
+                }
+            }
+            if let Some(key) = key {
+                self.buffered_keys.insert(key);
+                self.buffered_events += 1;
+            }
+            self.buffered_ordinals.push(ordinal);
+            self.buffered += 1;
+            Buffered::Inserted
+        }
+    }
+
+    pub fn batch_context(&self) -> pg_sys::MemoryContext {
+        self.batch_context
+    }
+
+    unsafe fn fill(
+        &mut self,
+        slot: *mut pg_sys::TupleTableSlot,
+        context: &Context,
+        measurement: &Measurement,
+        attributes: Option<pg_sys::Datum>,
+    ) {
+        pg_sys::ExecClearTuple(slot);
+        let values = std::slice::from_raw_parts_mut((*slot).tts_values, self.natts);
+        let nulls = std::slice::from_raw_parts_mut((*slot).tts_isnull, self.natts);
+        nulls.fill(true);
+        let old = pg_sys::MemoryContextSwitchTo(self.batch_context);
+        let supplied = super::writer::supplied_values(context, measurement, attributes);
+        for (k, datum) in supplied.into_iter().enumerate() {
+            if let Some(datum) = datum {
+                values[self.attribute_of[k]] = datum;
+                nulls[self.attribute_of[k]] = false;
+            }
+        }
+        for &(i, state) in &self.defaults {
+            let evaluate = (*state)
+                .evalfunc
+                .unwrap_or_else(|| raise_internal("defaults", "no evalfunc"));
+            values[i] = evaluate(state, self.econtext, &mut nulls[i]);
+        }
+        pg_sys::MemoryContextSwitchTo(old);
+        pg_sys::ExecStoreVirtualTuple(slot);
+        if self.has_constraints {
+            pg_sys::ExecConstraints(self.rri, slot, self.estate);
+            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+        }
+    }
+
+    /// Writes the buffered rows. See the module comment for the race handling.
+    pub fn flush(&mut self) {
+        if self.buffered == 0 {
+            return;
+        }
+        unsafe {
+            let guarded = self.buffered_events > 0;
+            let (memory, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
+            if guarded {
+                pg_sys::BeginInternalSubTransaction(null_mut());
+                pg_sys::MemoryContextSwitchTo(memory);
+            }
+            pg_sys::table_multi_insert(
+                self.rel,
+                self.slots.as_mut_ptr(),
+                self.buffered as i32,
+                self.cid,
+                0,
+                self.bistate,
+            );
+            let arbiters = if guarded { self.arbiters } else { null_mut() };
+            let mut raced = false;
+            for &slot in &self.slots[..self.buffered] {
+                let mut conflict = false;
+                let recheck = pg_sys::ExecInsertIndexTuples(
+                    self.rri,
+                    slot,
+                    self.estate,
+                    false,
+                    guarded,
+                    &mut conflict,
+                    arbiters,
+                );
+                pg_sys::list_free(recheck);
+                raced |= conflict;
+                pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+            }
+            // A buffer pin taken inside the subtransaction must not outlive it.
+            pg_sys::ReleaseBulkInsertStatePin(self.bistate);
+            if guarded {
+                if raced {
+                    pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                } else {
+                    pg_sys::ReleaseCurrentSubTransaction();
+                }
+                pg_sys::MemoryContextSwitchTo(memory);
+                pg_sys::CurrentResourceOwner = owner;
+            }
+            self.expect_duplicates = raced;
+            if raced {
+                for i in 0..self.buffered {
+                    if !self.insert_one(self.slots[i]) {
+                        self.late_duplicates.push(self.buffered_ordinals[i]);
+                    }
+                }
+            }
+            for &slot in &self.slots[..self.buffered] {
+                pg_sys::ExecClearTuple(slot);
+            }
+            pg_sys::MemoryContextReset(self.batch_context);
+        }
+        self.buffered = 0;
+        self.buffered_events = 0;
+        self.buffered_keys.clear();
+        self.buffered_ordinals.clear();
+    }
+
+    /// One row through speculative insertion: true if stored, false if a duplicate.
+    unsafe fn insert_one(&mut self, slot: *mut pg_sys::TupleTableSlot) -> bool {
+        let has_event = !*(*slot).tts_isnull.add(self.attribute_of[EVENT_ID]);
+        if !has_event {
+            pg_sys::table_tuple_insert(self.rel, slot, self.cid, 0, null_mut());
+            let recheck = pg_sys::ExecInsertIndexTuples(
+                self.rri,
+                slot,
+                self.estate,
+                false,
+                false,
+                null_mut(),
+                null_mut(),
+            );
+            pg_sys::list_free(recheck);
+            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+            return true;
+        }
+        loop {
+            let mut conflict_tid = pg_sys::ItemPointerData::default();
+            if !pg_sys::ExecCheckIndexConstraints(
+                self.rri,
+                slot,
+                self.estate,
+                &mut conflict_tid,
+                self.arbiters,
+            ) {
+                return false;
+            }
+            let xid = pg_sys::GetCurrentTransactionId();
+            let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
+            pg_sys::table_tuple_insert_speculative(self.rel, slot, self.cid, 0, null_mut(), token);
+            let mut conflict = false;
+            let recheck = pg_sys::ExecInsertIndexTuples(
+                self.rri,
+                slot,
+                self.estate,
+                false,
+                true,
+                &mut conflict,
+                self.arbiters,
+            );
+            pg_sys::table_tuple_complete_speculative(self.rel, slot, token, !conflict);
+            pg_sys::SpeculativeInsertionLockRelease(xid);
+            pg_sys::list_free(recheck);
+            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+            if !conflict {
+                return true;
+            }
+        }
+    }
+
+    /// Flushes and releases everything; returns the ordinals of elements whose
+    /// rows turned out to be duplicates at flush time (one entry per row).
+    pub fn close(mut self) -> Vec<usize> {
+        self.flush();
+        unsafe {
+            pg_sys::FreeBulkInsertState(self.bistate);
+            pg_sys::table_finish_bulk_insert(self.rel, 0);
+            pg_sys::MemoryContextDelete(self.batch_context);
+            self.close_executor();
+        }
+        std::mem::take(&mut self.late_duplicates)
+    }
+
+    unsafe fn close_executor(&mut self) {
+        pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+        pg_sys::ExecCloseResultRelations(self.estate);
+        pg_sys::ExecCloseRangeTableRelations(self.estate);
+        pg_sys::FreeExecutorState(self.estate);
+        pg_sys::table_close(self.locked, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
