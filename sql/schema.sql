@@ -2,14 +2,21 @@
 -- this script must mean the same whatever search_path CREATE EXTENSION runs with.
 
 -- Roles are cluster-wide and outlive the extension; create them only when absent.
+-- Two databases may run CREATE EXTENSION at the same moment: the loser of the race
+-- for a role finds it created (unique_violation) and goes on.
 DO $roles$
+DECLARE
+    role_name text;
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'metrics_ingest_writer') THEN
-        CREATE ROLE metrics_ingest_writer NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'metrics_ingest_reader') THEN
-        CREATE ROLE metrics_ingest_reader NOLOGIN;
-    END IF;
+    FOREACH role_name IN ARRAY ARRAY['metrics_ingest_writer', 'metrics_ingest_reader'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', role_name);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
 END
 $roles$;
 

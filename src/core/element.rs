@@ -35,6 +35,31 @@ pub const CONTEXT_FIELDS: [&str; 12] = [
     "event_id",
 ];
 
+/// The position of a context field in CONTEXT_FIELDS; a match compiles to a
+/// few length and byte comparisons, where a scan would compare up to twelve strings.
+fn context_slot(key: &str) -> Option<usize> {
+    Some(match key {
+        "timestamp" => 0,
+        "timestamp_ms" => 1,
+        "user_id" => 2,
+        "session_id" => 3,
+        "metric_type" => 4,
+        "metric_value" => 5,
+        "value" => 6,
+        "device_id" => 7,
+        "app_version" => 8,
+        "location" => 9,
+        "sentiment_score" => 10,
+        "event_id" => 11,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+pub fn context_slot_for_tests(key: &str) -> Option<usize> {
+    context_slot(key)
+}
+
 /// What every metric row of one element shares.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Context {
@@ -148,7 +173,7 @@ fn validate_fields(parsed: ElementFields, registry: &Registry) -> Result<ValidEl
         if key.contains('\0') {
             return Err(nul_rejection("element"));
         }
-        if let Some(slot) = CONTEXT_FIELDS.iter().position(|k| *k == key) {
+        if let Some(slot) = context_slot(&key) {
             known[slot] = Some(value);
         } else if registry.get(&key).is_some() {
             wide.push((key, value));
@@ -160,7 +185,7 @@ fn validate_fields(parsed: ElementFields, registry: &Registry) -> Result<ValidEl
         }
     }
     let take = |known: &mut [Option<Value>; 12], name: &str| -> Option<Value> {
-        let slot = CONTEXT_FIELDS.iter().position(|k| *k == name)?;
+        let slot = context_slot(name)?;
         known[slot].take().filter(|v| !v.is_null())
     };
 
@@ -280,11 +305,12 @@ pub fn validate_call(args: CallArgs<'_>, registry: &Registry) -> Result<ValidEle
     let unix_us = timestamp::check_window(args.unix_us)
         .map_err(|_| out_of_window("timestamp", &timestamp::describe_unix_us(args.unix_us)))?;
     let id = |field: &str, v: Option<&str>| -> Result<Option<String>, Rejection> {
-        v.map(|s| checked_text(field, s, MAX_ID_CHARS, false))
+        v.map(|s| check_text(field, s, MAX_ID_CHARS, false).map(|()| s.to_string()))
             .transpose()
     };
     let text = |field: &str, v: Option<&str>, max: usize| -> Result<Option<String>, Rejection> {
-        v.map(|s| checked_text(field, s, max, true)).transpose()
+        v.map(|s| check_text(field, s, max, true).map(|()| s.to_string()))
+            .transpose()
     };
     let attributes = match args.attributes {
         None => None,
@@ -360,14 +386,22 @@ fn not_finite(field: &str, shown: &str) -> Rejection {
     )
 }
 
+const WINDOW: &str = "the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z";
+
 fn out_of_window(field: &str, shown: &str) -> Rejection {
     Rejection::new(
         Kind::OutOfRange,
         field,
-        format!(
-            "{shown} is outside the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z \
-             (epoch milliseconds must be sent as timestamp_ms)"
-        ),
+        format!("{shown} is outside {WINDOW}"),
+    )
+}
+
+/// For JSON epoch numbers, where milliseconds sent as seconds are the usual cause.
+fn epoch_out_of_window(field: &str, shown: &str) -> Rejection {
+    Rejection::new(
+        Kind::OutOfRange,
+        field,
+        format!("{shown} is outside {WINDOW} (epoch milliseconds must be sent as timestamp_ms)"),
     )
 }
 
@@ -432,8 +466,9 @@ fn timestamp_from_json(value: &Value) -> Result<i64, Rejection> {
                 TimestampError::OutOfWindow => out_of_window("timestamp", &preview(value)),
             })
         }
-        Value::Number(n) => timestamp::parse_epoch_seconds(n.as_str())
-            .map_err(|_| out_of_window("timestamp", &format!("{} epoch seconds", preview(value)))),
+        Value::Number(n) => timestamp::parse_epoch_seconds(n.as_str()).map_err(|_| {
+            epoch_out_of_window("timestamp", &format!("{} epoch seconds", preview(value)))
+        }),
         other => Err(wrong_type(
             "timestamp",
             "an ISO 8601 string or epoch seconds",
@@ -469,7 +504,8 @@ fn is_integer_text(text: &str) -> bool {
 fn id_from_json(field: &str, value: Option<Value>) -> Result<Option<String>, Rejection> {
     match value {
         None => Ok(None),
-        Some(Value::String(s)) => checked_text(field, &s, MAX_ID_CHARS, false).map(Some),
+        // The parsed string is moved, not copied: this runs once per field per element.
+        Some(Value::String(s)) => check_text(field, &s, MAX_ID_CHARS, false).map(|()| Some(s)),
         Some(Value::Number(n)) if is_integer_text(n.as_str()) => Ok(Some(n.as_str().to_string())),
         Some(other) => Err(wrong_type(field, "a string or an integer", &other)),
     }
@@ -482,17 +518,12 @@ fn text_from_json(
 ) -> Result<Option<String>, Rejection> {
     match value {
         None => Ok(None),
-        Some(Value::String(s)) => checked_text(field, &s, max, true).map(Some),
+        Some(Value::String(s)) => check_text(field, &s, max, true).map(|()| Some(s)),
         Some(other) => Err(wrong_type(field, "a string", &other)),
     }
 }
 
-fn checked_text(
-    field: &str,
-    s: &str,
-    max_chars: usize,
-    empty_ok: bool,
-) -> Result<String, Rejection> {
+fn check_text(field: &str, s: &str, max_chars: usize, empty_ok: bool) -> Result<(), Rejection> {
     if s.contains('\0') {
         return Err(nul_rejection(field));
     }
@@ -513,7 +544,7 @@ fn checked_text(
             ),
         ));
     }
-    Ok(s.to_string())
+    Ok(())
 }
 
 fn sentiment_from_json(value: Option<Value>) -> Result<Option<f64>, Rejection> {
@@ -611,7 +642,8 @@ fn measurement_from_json(
                             ),
                         )
                     })?;
-                (score, Some(checked_text(field, s, MAX_LABEL_CHARS, false)?))
+                check_text(field, s, MAX_LABEL_CHARS, false)?;
+                (score, Some(s.clone()))
             }
             _ => (number_from_json(field, value)?, None),
         },

@@ -287,3 +287,15 @@ fn deep_nesting_is_an_element_rejection_not_a_crash() {
         "{message:.100}"
     );
 }
+
+#[test]
+fn context_field_positions_agree_with_the_list() {
+    for (i, name) in super::element::CONTEXT_FIELDS.iter().enumerate() {
+        assert_eq!(
+            super::element::context_slot_for_tests(name),
+            Some(i),
+            "{name}"
+        );
+    }
+    assert_eq!(super::element::context_slot_for_tests("talked_time"), None);
+}

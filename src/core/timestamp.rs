@@ -118,6 +118,12 @@ pub fn check_window(unix_us: i64) -> Result<i64, TimestampError> {
 
 /// For error messages: the instant as ISO 8601 UTC, when it is representable.
 pub fn describe_unix_us(unix_us: i64) -> String {
+    // PostgreSQL's infinities, shifted to the Unix epoch, saturate at the i64 bounds.
+    match unix_us {
+        i64::MAX => return "infinity".into(),
+        i64::MIN => return "-infinity".into(),
+        _ => {}
+    }
     DateTime::from_timestamp_micros(unix_us)
         .map(|dt| dt.format("%Y-%m-%dT%H:%M:%S%.fZ").to_string())
         .unwrap_or_else(|| format!("{unix_us} microseconds from 1970"))

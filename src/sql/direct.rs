@@ -20,8 +20,8 @@
 //! triggers, no row-level security and no generated columns. Otherwise the
 //! writer falls back to SPI.
 
-use std::collections::HashSet;
 use std::ffi::CStr;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
 
 use pgrx::pg_sys;
@@ -50,24 +50,6 @@ const SUPPLIED: [(&str, pg_sys::Oid); 12] = [
 const EVENT_ID: usize = 10;
 const EVENT_INDEX: &CStr = c"metrics_event_key";
 
-/// A hash of the event index key. A collision costs an early flush, nothing
-/// more: the index itself decides what is a duplicate.
-type EventKey = u64;
-
-fn event_key(context: &Context, measurement: &Measurement) -> Option<EventKey> {
-    use std::hash::{Hash, Hasher};
-    let event_id = context.event_id.as_ref()?;
-    let mut hasher = std::hash::DefaultHasher::new();
-    (
-        &context.user_id,
-        event_id,
-        &measurement.metric_type,
-        context.unix_us,
-    )
-        .hash(&mut hasher);
-    Some(hasher.finish())
-}
-
 pub struct DirectTable {
     locked: pg_sys::Relation,
     rel: pg_sys::Relation,
@@ -85,7 +67,6 @@ pub struct DirectTable {
     slots: Vec<*mut pg_sys::TupleTableSlot>,
     buffered: usize,
     buffered_events: usize,
-    buffered_keys: HashSet<EventKey>,
     /// The element each buffered row came from, to correct its verdict if a
     /// race turns the row into a duplicate at flush time.
     buffered_ordinals: Vec<usize>,
@@ -146,7 +127,6 @@ impl DirectTable {
                 slots: Vec::new(),
                 buffered: 0,
                 buffered_events: 0,
-                buffered_keys: HashSet::new(),
                 buffered_ordinals: Vec::with_capacity(MAX_BUFFERED),
                 late_duplicates: Vec::new(),
                 expect_duplicates: false,
@@ -218,16 +198,12 @@ impl DirectTable {
         true
     }
 
-    /// Called before an element's values are built: flushes when the buffer
-    /// is full or already holds one of the element's events (the index must see
-    /// the first copy to call the second a duplicate). No flush may happen in
-    /// the middle of an element, since a flush frees the values built for it.
-    pub fn make_room(&mut self, context: &Context, measurements: &[Measurement]) {
-        let clash = measurements
-            .iter()
-            .filter_map(|m| event_key(context, m))
-            .any(|key| self.buffered_keys.contains(&key));
-        if clash || self.buffered + measurements.len() > MAX_BUFFERED {
+    /// Called before an element's values are built: flushes when the element
+    /// would not fit. No flush may happen in the middle of an element, since a
+    /// flush frees the values built for it. (The same event twice in one buffer
+    /// needs nothing here: the flush meets the conflict and redoes its rows.)
+    pub fn make_room(&mut self, measurements: &[Measurement]) {
+        if self.buffered + measurements.len() > MAX_BUFFERED {
             self.flush();
         }
     }
@@ -242,7 +218,7 @@ impl DirectTable {
         attributes: Option<pg_sys::Datum>,
     ) -> Buffered {
         unsafe {
-            let key = event_key(context, measurement);
+            let has_event = context.event_id.is_some();
             if self.buffered == self.slots.len() {
                 self.slots.push(pg_sys::table_slot_create(
                     self.rel,
@@ -251,7 +227,7 @@ impl DirectTable {
             }
             let slot = self.slots[self.buffered];
             self.fill(slot, context, measurement, attributes);
-            if key.is_some() && self.expect_duplicates {
+            if has_event && self.expect_duplicates {
                 let mut conflict = pg_sys::ItemPointerData::default();
                 let free = pg_sys::ExecCheckIndexConstraints(
                     self.rri,
@@ -266,8 +242,7 @@ impl DirectTable {
                     return Buffered::Duplicate;
                 }
             }
-            if let Some(key) = key {
-                self.buffered_keys.insert(key);
+            if has_event {
                 self.buffered_events += 1;
             }
             self.buffered_ordinals.push(ordinal);
@@ -325,33 +300,23 @@ impl DirectTable {
                 pg_sys::BeginInternalSubTransaction(null_mut());
                 pg_sys::MemoryContextSwitchTo(memory);
             }
-            pg_sys::table_multi_insert(
-                self.rel,
-                self.slots.as_mut_ptr(),
-                self.buffered as i32,
-                self.cid,
-                0,
-                self.bistate,
-            );
-            let arbiters = if guarded { self.arbiters } else { null_mut() };
-            let mut raced = false;
-            for &slot in &self.slots[..self.buffered] {
-                let mut conflict = false;
-                let recheck = pg_sys::ExecInsertIndexTuples(
-                    self.rri,
-                    slot,
-                    self.estate,
-                    false,
-                    guarded,
-                    &mut conflict,
-                    arbiters,
-                );
-                pg_sys::list_free(recheck);
-                raced |= conflict;
-                pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
-            }
+            let written = catch_unwind(AssertUnwindSafe(|| self.write_buffered(guarded)));
             // A buffer pin taken inside the subtransaction must not outlive it.
             pg_sys::ReleaseBulkInsertStatePin(self.bistate);
+            let raced = match written {
+                Ok(raced) => raced,
+                Err(error) => {
+                    // A cancel, a timeout or any other error: end the subtransaction
+                    // before the error goes on, as a PL/pgSQL exception block does,
+                    // or the session would be left inside it.
+                    if guarded {
+                        pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                        pg_sys::MemoryContextSwitchTo(memory);
+                        pg_sys::CurrentResourceOwner = owner;
+                    }
+                    resume_unwind(error);
+                }
+            };
             if guarded {
                 if raced {
                     pg_sys::RollbackAndReleaseCurrentSubTransaction();
@@ -376,8 +341,38 @@ impl DirectTable {
         }
         self.buffered = 0;
         self.buffered_events = 0;
-        self.buffered_keys.clear();
         self.buffered_ordinals.clear();
+    }
+
+    /// The multi-insert and its index entries; true if an event key conflicted
+    /// (only looked for when `guarded`: rows without an event_id cannot conflict).
+    unsafe fn write_buffered(&mut self, guarded: bool) -> bool {
+        pg_sys::table_multi_insert(
+            self.rel,
+            self.slots.as_mut_ptr(),
+            self.buffered as i32,
+            self.cid,
+            0,
+            self.bistate,
+        );
+        let arbiters = if guarded { self.arbiters } else { null_mut() };
+        let mut raced = false;
+        for &slot in &self.slots[..self.buffered] {
+            let mut conflict = false;
+            let recheck = pg_sys::ExecInsertIndexTuples(
+                self.rri,
+                slot,
+                self.estate,
+                false,
+                guarded,
+                &mut conflict,
+                arbiters,
+            );
+            pg_sys::list_free(recheck);
+            raced |= conflict;
+            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+        }
+        raced
     }
 
     /// One row through speculative insertion: true if stored, false if a duplicate.

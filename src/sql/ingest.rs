@@ -9,7 +9,7 @@ use pgrx::prelude::*;
 
 use super::errors::{raise, raise_payload, raise_rejection};
 use super::registry_cache::registry;
-use super::writer::{text_datum, Path, Writer};
+use super::writer::{jsonb_text, text_datum, Path, Writer};
 use crate::core::element::validate_json_element;
 use crate::core::payload::for_each_element;
 
@@ -59,7 +59,7 @@ fn on_error_mode(on_error: Option<&str>) -> OnError {
     }
 }
 
-static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+pub(super) static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
 
 #[no_mangle]
 pub extern "C" fn pg_finfo_ingest_json_text_wrapper() -> &'static pg_sys::Pg_finfo_record {
@@ -93,8 +93,8 @@ pub unsafe extern "C-unwind" fn ingest_json_jsonb_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     let mode = on_error_mode(pgrx::pg_getarg::<&str>(fcinfo, 1));
-    let outcomes = match pgrx::pg_getarg::<pgrx::JsonB>(fcinfo, 0) {
-        Some(pgrx::JsonB(value)) => ingest(&value.to_string(), mode),
+    let outcomes = match pgrx::pg_getarg_datum(fcinfo, 0) {
+        Some(datum) => ingest(&jsonb_text(datum), mode),
         None => Vec::new(),
     };
     return_outcomes(fcinfo, &outcomes)

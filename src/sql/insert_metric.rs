@@ -1,105 +1,70 @@
 //! `CALL metrics_ingest.insert_metric(...)`: one event, the same rules as ingest_json.
+//!
+//! Plain fmgr functions, as ingest_json: arguments are read straight from the
+//! call (no intermediate conversions), and jsonb arrives through jsonb_out.
 
 use pgrx::prelude::*;
 
 use super::errors::raise_rejection;
+use super::ingest::V1;
 use super::registry_cache::registry;
-use super::writer::{Path, Writer};
+use super::writer::{jsonb_text, Path, Writer};
 use crate::core::element::{validate_call, CallArgs, CallValue};
 use crate::core::error::{Rejection, RejectionKind};
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
 
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(sql = false)]
-fn insert_metric_text(
-    timestamp: Option<pgrx::datum::TimestampWithTimeZone>,
-    user_id: Option<&str>,
-    session_id: Option<&str>,
-    metric_type: Option<&str>,
-    metric_value: Option<&str>,
-    device_id: Option<&str>,
-    app_version: Option<&str>,
-    location: Option<&str>,
-    sentiment_score: Option<f64>,
-    event_id: Option<&str>,
-    attributes: Option<pgrx::JsonB>,
-) {
-    let value = metric_value.map_or(CallValue::Null, CallValue::Text);
-    let args = (
-        timestamp,
-        user_id,
-        session_id,
-        metric_type,
-        device_id,
-        app_version,
-        location,
-    );
-    insert(args, value, sentiment_score, event_id, attributes);
+#[no_mangle]
+pub extern "C" fn pg_finfo_insert_metric_text_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    &V1
 }
 
-#[allow(clippy::too_many_arguments)]
-#[pg_extern(sql = false)]
-fn insert_metric_number(
-    timestamp: Option<pgrx::datum::TimestampWithTimeZone>,
-    user_id: Option<&str>,
-    session_id: Option<&str>,
-    metric_type: Option<&str>,
-    metric_value: Option<f64>,
-    device_id: Option<&str>,
-    app_version: Option<&str>,
-    location: Option<&str>,
-    sentiment_score: Option<f64>,
-    event_id: Option<&str>,
-    attributes: Option<pgrx::JsonB>,
-) {
-    let value = metric_value.map_or(CallValue::Null, CallValue::Number);
-    let args = (
-        timestamp,
-        user_id,
-        session_id,
-        metric_type,
-        device_id,
-        app_version,
-        location,
-    );
-    insert(args, value, sentiment_score, event_id, attributes);
+#[no_mangle]
+pub extern "C" fn pg_finfo_insert_metric_number_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    &V1
 }
 
-type TextArgs<'a> = (
-    Option<pgrx::datum::TimestampWithTimeZone>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-    Option<&'a str>,
-);
+/// `insert_metric(..., metric_value text, ...)`
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn insert_metric_text_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let value = pgrx::pg_getarg::<&str>(fcinfo, 4).map_or(CallValue::Null, CallValue::Text);
+    insert(fcinfo, value)
+}
 
-fn insert(
-    (timestamp, user_id, session_id, metric_type, device_id, app_version, location): TextArgs<'_>,
-    metric_value: CallValue<'_>,
-    sentiment_score: Option<f64>,
-    event_id: Option<&str>,
-    attributes: Option<pgrx::JsonB>,
-) {
-    let Some(timestamp) = timestamp else {
+/// `insert_metric(..., metric_value double precision, ...)`
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn insert_metric_number_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let value = pgrx::pg_getarg::<f64>(fcinfo, 4).map_or(CallValue::Null, CallValue::Number);
+    insert(fcinfo, value)
+}
+
+/// Arguments, in order: timestamp, user_id, session_id, metric_type, metric_value,
+/// device_id, app_version, location, sentiment_score, event_id, attributes.
+unsafe fn insert(fcinfo: pg_sys::FunctionCallInfo, metric_value: CallValue<'_>) -> pg_sys::Datum {
+    let text = |n: usize| pgrx::pg_getarg::<&str>(fcinfo, n);
+    let Some(timestamp) = pgrx::pg_getarg::<i64>(fcinfo, 0) else {
         raise_rejection(
             &Rejection::new(RejectionKind::Missing, "timestamp", "is required"),
             None,
         )
     };
-    let attributes = attributes.map(|pgrx::JsonB(value)| value.to_string());
+    let attributes = pgrx::pg_getarg_datum(fcinfo, 10).map(|datum| jsonb_text(datum));
     let args = CallArgs {
-        unix_us: i64::from(timestamp.into_inner()).saturating_add(PG_EPOCH_OFFSET_US),
-        user_id,
-        session_id,
-        metric_type,
+        unix_us: timestamp.saturating_add(PG_EPOCH_OFFSET_US),
+        user_id: text(1),
+        session_id: text(2),
+        metric_type: text(3),
         metric_value,
-        device_id,
-        app_version,
-        location,
-        sentiment_score,
-        event_id,
+        device_id: text(5),
+        app_version: text(6),
+        location: text(7),
+        sentiment_score: pgrx::pg_getarg::<f64>(fcinfo, 8),
+        event_id: text(9),
         attributes: attributes.as_deref(),
     };
     let element = match validate_call(args, &registry()) {
@@ -109,4 +74,5 @@ fn insert(
     let mut writer = Writer::open(Path::Single);
     writer.store(1, &element);
     writer.finish();
+    pg_sys::Datum::from(0)
 }

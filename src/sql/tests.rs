@@ -178,7 +178,7 @@ mod tests {
     }
 
     #[pg_test(
-        error = "timestamp: 1900-01-01T00:00:00Z is outside the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z (epoch milliseconds must be sent as timestamp_ms)"
+        error = "timestamp: 1900-01-01T00:00:00Z is outside the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z"
     )]
     fn insert_metric_refuses_implausible_times() {
         Spi::run("CALL metrics_ingest.insert_metric('1900-01-01Z', 'u', NULL, 'talked_time', 1)")
@@ -376,5 +376,32 @@ mod tests {
         assert_eq!(summary(payload), "duplicate:5000:0");
         assert_eq!(count("SELECT count(*) FROM metrics_ingest.metrics"), 10_000);
         assert_eq!(count("SELECT count(DISTINCT (user_id, event_id, metric_type)) FROM metrics_ingest.metrics"), 10_000);
+    }
+
+    #[pg_test]
+    fn deep_jsonb_is_an_element_rejection_not_an_internal_error() {
+        let deep = "('[{\"user_id\":\"d\",\"timestamp\":1722470400,\"talked_time\":1,\"deep\":' || repeat('[', 1000) || repeat(']', 1000) || '}]')::jsonb";
+        let verdict = text(&format!(
+            "SELECT concat_ws('|', status, field, error LIKE '%recursion limit exceeded%') FROM metrics_ingest.ingest_json({deep})"
+        ));
+        assert_eq!(verdict, "rejected|element|t");
+    }
+
+    #[pg_test(
+        error = "attributes: is not valid JSON: recursion limit exceeded at line 1 column 136"
+    )]
+    fn deep_attributes_in_insert_metric_are_refused_with_a_reason() {
+        Spi::run(
+            "CALL metrics_ingest.insert_metric(now(), 'd', NULL, 'talked_time', 1, \
+             attributes => ('{\"deep\":' || repeat('[', 300) || repeat(']', 300) || '}')::jsonb)",
+        )
+        .ok();
+    }
+
+    #[pg_test(
+        error = "timestamp: infinity is outside the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z"
+    )]
+    fn infinite_timestamps_are_refused_by_name() {
+        Spi::run("CALL metrics_ingest.insert_metric('infinity', 'u', NULL, 'talked_time', 1)").ok();
     }
 }

@@ -115,7 +115,7 @@ impl Writer {
                 inserted: 0,
                 duplicates: 0,
             };
-            direct.make_room(&element.context, &element.measurements);
+            direct.make_room(&element.measurements);
             let attributes = element.context.attributes.as_deref().map(|a| unsafe {
                 let old = pg_sys::MemoryContextSwitchTo(direct.batch_context());
                 let datum = jsonb_datum(a);
@@ -315,4 +315,15 @@ unsafe fn jsonb_datum(json: &str) -> pg_sys::Datum {
         &[Some(pg_sys::Datum::from(cstring.as_ptr()))],
     )
     .unwrap_or_else(|| raise_internal("attributes", "jsonb_in returned NULL"))
+}
+
+/// jsonb's text form through jsonb_out: no serde_json value in between, so no
+/// nesting limit is hit before the core sees (and judges) the text.
+pub unsafe fn jsonb_text(datum: pg_sys::Datum) -> String {
+    let text = pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(datum)])
+        .unwrap_or_else(|| raise_internal("jsonb_out", "returned NULL"));
+    let cstring = std::ffi::CStr::from_ptr(text.cast_mut_ptr::<c_char>());
+    let owned = cstring.to_string_lossy().into_owned();
+    pg_sys::pfree(text.cast_mut_ptr());
+    owned
 }
