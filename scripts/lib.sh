@@ -160,8 +160,9 @@ step_summary() {
 
 mi_on_err() {
     local rc=$? cmd=$BASH_COMMAND
-    # Only the outermost shell reports, to avoid one line per subshell level.
-    if ((BASH_SUBSHELL == 0)); then
+    # Only the outermost shell reports, to avoid one line per subshell level;
+    # a failing `return N` was reported by the function that returned it.
+    if ((BASH_SUBSHELL == 0)) && [[ $cmd != return* ]]; then
         printf '    error: exit status %s from: %s (%s, %s line %s)\n' "$rc" "$cmd" \
             "${FUNCNAME[1]:-main}" "${BASH_SOURCE[1]:-?}" "${BASH_LINENO[0]:-?}" >&2
     fi
@@ -267,12 +268,19 @@ ensure_pgrx_init() {
 # PostgreSQL 15. Re-run after `cargo pgrx test`, which installs a test build.
 install_extension() {
     require_cargo
+    # Unlink the old library first: overwriting it in place changes the pages of a
+    # file that running backends have mapped, and crashes them. A new inode does not.
+    as_root rm -f "$("$MI_PG_CONFIG" --pkglibdir)/${MI_EXTENSION}.so"
     local -a args=(pgrx install --release --pg-config "$MI_PG_CONFIG")
     is_root || args+=(--sudo)
     (cd "$MI_ROOT" && cargo "${args[@]}")
     local pkglibdir sharedir
     pkglibdir=$("$MI_PG_CONFIG" --pkglibdir)
     sharedir=$("$MI_PG_CONFIG" --sharedir)
+    # cargo pgrx install writes the current version's script and the upgrade
+    # steps; the frozen scripts of earlier versions (for CREATE EXTENSION ...
+    # VERSION and the upgrade test) are copied here.
+    as_root install -m 0644 "$MI_ROOT"/sql/released/"${MI_EXTENSION}"--*.sql "$sharedir/extension/"
     [[ -f $pkglibdir/${MI_EXTENSION}.so ]] || die "$pkglibdir/${MI_EXTENSION}.so missing after install"
     [[ -f $sharedir/extension/${MI_EXTENSION}.control ]] ||
         die "$sharedir/extension/${MI_EXTENSION}.control missing after install"
@@ -309,6 +317,8 @@ cluster_start() {
     if [[ ! -s $dir/PG_VERSION ]]; then
         log "initdb $dir (owner: $(pg_os_user))"
         make_pg_dir "$dir" 700
+        as_pg test -w "$dir" -a -x "$dir" ||
+            die "the $(pg_os_user) OS user cannot reach $dir (is a parent directory, such as /root, closed to it?)"
         local out
         if ! out=$(as_pg "$MI_PG_BIN/initdb" -D "$dir" --username=postgres --auth=trust \
             --encoding=UTF8 --locale=C.UTF-8 --no-instructions 2>&1); then
@@ -362,6 +372,23 @@ cluster_stop() {
     else
         log "not running: $dir"
     fi
+}
+
+# reachable_pg_dir PREFERRED FALLBACK
+# Create PREFERRED (owned by the cluster's OS user) and print it if that user
+# can write in it; otherwise do the same with FALLBACK. For scratch clusters
+# whose place does not matter, when the checkout lives where the postgres
+# user cannot go (under /root, say).
+reachable_pg_dir() {
+    local dir
+    for dir in "$@"; do
+        make_pg_dir "$dir" 700
+        if as_pg test -w "$dir" -a -x "$dir"; then
+            printf '%s\n' "$dir"
+            return 0
+        fi
+    done
+    die "the $(pg_os_user) OS user can write in none of: $*"
 }
 
 # psql_cmd PORT DBNAME [PSQL_ARGS...]

@@ -34,17 +34,24 @@ create_database() {
         log "created database $DB"
         DB_CREATED=1
     fi
-    psql_cmd "$PORT" "$DB" -c "CREATE EXTENSION IF NOT EXISTS $MI_EXTENSION"
-    # A release build newer than the database's copy of the extension.
+    psql_cmd "$PORT" "$DB" -c "SET client_min_messages = warning" \
+        -c "CREATE EXTENSION IF NOT EXISTS $MI_EXTENSION"
+    # After a pull, the release build just installed may be newer than the
+    # extension in the database: update it (keeps the data).
     local installed default
     installed=$(psql_cmd "$PORT" "$DB" -tAc \
         "SELECT extversion FROM pg_extension WHERE extname = '$MI_EXTENSION'")
     default=$(psql_cmd "$PORT" "$DB" -tAc \
         "SELECT default_version FROM pg_available_extensions WHERE name = '$MI_EXTENSION'")
-    log "extension $MI_EXTENSION $installed (available: $default)"
     if [[ $installed != "$default" ]]; then
-        log "note: the database has $installed; run ALTER EXTENSION $MI_EXTENSION UPDATE if an upgrade script exists"
+        log "updating extension $MI_EXTENSION $installed -> $default"
+        if ! psql_cmd "$PORT" "$DB" -c "ALTER EXTENSION $MI_EXTENSION UPDATE TO '$default'"; then
+            log "warning: could not update $MI_EXTENSION from $installed to $default; the database keeps $installed"
+        fi
+        installed=$(psql_cmd "$PORT" "$DB" -tAc \
+            "SELECT extversion FROM pg_extension WHERE extname = '$MI_EXTENSION'")
     fi
+    log "extension $MI_EXTENSION $installed (available: $default)"
 }
 
 # Only ever called right after the database was created: on failure, drop

@@ -8,7 +8,7 @@
 #   3. lint: shellcheck (scripts), hadolint (Dockerfile), docker-compose config
 #   4. cargo pgrx test pg15 (unit tests and #[pg_test]s, in pgrx's own cluster)
 #   5. re-install the release build (cargo pgrx test installs a test build)
-#   6. a fresh test cluster on 127.0.0.1:54330 (data in .pgtest/cluster)
+#   6. a fresh test cluster on 127.0.0.1:54330 (data in .pgtest/clusters/54330)
 #   7. integration tests: cargo test -p metrics_ingest_tests --release
 #   8. smoke: scripts/sample_data.sql into a fresh database, seed rows checked
 #   9. stop the test cluster (also done on failure)
@@ -27,7 +27,7 @@ exec </dev/null
 
 TEST_PORT=${METRICS_INGEST_TEST_PORT:-54330}
 PGTEST_DIR=$MI_ROOT/.pgtest
-TEST_CLUSTER_DIR=$PGTEST_DIR/cluster
+TEST_CLUSTER_DIR=$PGTEST_DIR/clusters/$TEST_PORT  # see test_cluster_fresh
 SMOKE_DB=metrics_sample_smoke
 TEST_LOG=$PGTEST_DIR/test-output.log
 TOOLS_DIR=$PGTEST_DIR/tools
@@ -39,7 +39,12 @@ cd "$MI_ROOT"
 # Run a test command, echoing its output and keeping a copy in $TEST_LOG so
 # that the final summary can add up cargo's "test result:" lines.
 run_logged() {
-    "$@" 2>&1 | tee -a "$TEST_LOG"
+    local rc=0
+    "$@" 2>&1 | tee -a "$TEST_LOG" || rc=$?
+    if ((rc != 0)); then
+        printf '    error: exit status %s from: %s\n' "$rc" "$*" >&2
+        return "$rc"
+    fi
 }
 
 # ---------------------------------------------------------------------------
@@ -90,38 +95,38 @@ lint_compose() {
 # Prefer .pgtest/pgrx-data; fall back to /tmp when the checkout's path is too
 # long, or when the postgres user cannot reach it (a checkout under /root).
 pgrx_pgdata_dir() {
-    local dir=$PGTEST_DIR/pgrx-data
+    local dir=$PGTEST_DIR/pgrx-data fallback
+    fallback=/tmp/$MI_EXTENSION.pgrx-$(id -u)
     local probe="$dir/.s.PGSQL.32215"
-    if ((${#probe} <= 100)); then
-        make_pg_dir "$dir" 700
-        if as_pg test -w "$dir" -a -x "$dir"; then
-            printf '%s\n' "$dir"
-            return 0
-        fi
+    if ((${#probe} > 100)); then
+        reachable_pg_dir "$fallback"
+    else
+        reachable_pg_dir "$dir" "$fallback"
     fi
-    dir=/tmp/metrics_ingest.pgrx-$(id -u)
-    make_pg_dir "$dir" 700
-    printf '%s\n' "$dir"
 }
 
+# `cargo pgrx test` installs its test build into the system PostgreSQL, whose
+# directories belong to root; with --runas it does so through sudo. So: as
+# root the test cluster runs as postgres; as a normal user it runs as that
+# user, via `sudo -u $USER`, and the install goes through sudo.
 pgrx_test() {
-    local -a args=(pgrx test "pg${MI_PG_MAJOR}")
-    if is_root; then
-        local pgdata
-        pgdata=$(pgrx_pgdata_dir)
-        log "running the test cluster as postgres, PGDATA under $pgdata"
-        args+=(--runas postgres --pgdata "$pgdata")
-    fi
-    run_logged cargo "${args[@]}"
+    local pgdata
+    pgdata=$(pgrx_pgdata_dir)
+    log "test cluster runs as $(pg_os_user), PGDATA under $pgdata"
+    run_logged cargo pgrx test "pg${MI_PG_MAJOR}" --runas "$(pg_os_user)" --pgdata "$pgdata"
 }
 
 # ---------------------------------------------------------------------------
 # Test cluster, integration tests, smoke test
 # ---------------------------------------------------------------------------
+# A new cluster for every run. Its data directory is .pgtest/clusters/<port>,
+# or one under /tmp if the postgres user cannot reach the checkout.
 test_cluster_fresh() {
+    local parent
+    parent=$(reachable_pg_dir "$PGTEST_DIR/clusters" "/tmp/$MI_EXTENSION.clusters-$(id -u)")
+    TEST_CLUSTER_DIR=$parent/$TEST_PORT
     cluster_stop "$TEST_CLUSTER_DIR"
     rm -rf "$TEST_CLUSTER_DIR"
-    mkdir -p "$PGTEST_DIR"
     cluster_start "$TEST_CLUSTER_DIR" "$TEST_PORT"
 }
 
@@ -167,6 +172,7 @@ smoke_sample_data() {
         else
             log "FAIL  $label (got: ${got:-nothing})"
             failures=$((failures + 1))
+            SMOKE_CHECKS_FAILED=$((SMOKE_CHECKS_FAILED + 1))
         fi
     done <<'CHECKS'
 seed 1 (user456, microphone_used)|SELECT EXISTS (SELECT 1 FROM metrics_ingest.metrics WHERE user_id = 'user456' AND session_id = 'session789' AND metric_type = 'microphone_used')
@@ -185,13 +191,17 @@ CHECKS
     before=$(psql_cmd "$TEST_PORT" "$SMOKE_DB" -tAc "SELECT count(*) FROM metrics_ingest.metrics WHERE user_id LIKE 'user-%'")
     psql_cmd "$TEST_PORT" "$SMOKE_DB" -f scripts/sample_data.sql >/dev/null
     after=$(psql_cmd "$TEST_PORT" "$SMOKE_DB" -tAc "SELECT count(*) FROM metrics_ingest.metrics WHERE user_id LIKE 'user-%'")
-    [[ $before == "$after" ]] || die "generated rows went from $before to $after on a second load"
+    if [[ $before != "$after" ]]; then
+        SMOKE_CHECKS_FAILED=$((SMOKE_CHECKS_FAILED + 1))
+        die "generated rows went from $before to $after on a second load"
+    fi
     log "ok    second load stored no duplicate generated rows ($after)"
     SMOKE_CHECKS_PASSED=$((SMOKE_CHECKS_PASSED + 1))
 }
 
 # Final line that CI can read: the cargo test counts plus the smoke checks.
 SMOKE_CHECKS_PASSED=0
+SMOKE_CHECKS_FAILED=0
 mi_extra_summary() {
     local rc=$1 passed failed
     read -r passed failed < <(awk '
@@ -203,6 +213,7 @@ mi_extra_summary() {
         }
         END { printf "%d %d\n", p, f }' "$TEST_LOG" 2>/dev/null || echo "0 0")
     passed=$((passed + SMOKE_CHECKS_PASSED))
+    failed=$((failed + SMOKE_CHECKS_FAILED))
     if ((rc != 0 && failed == 0)); then failed=1; fi
     printf '\ntests: %s passed, %s failed\n' "$passed" "$failed"
 }
