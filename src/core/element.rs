@@ -1,10 +1,17 @@
 //! One element: from JSON text (ingest_json) or typed arguments (insert_metric)
 //! to validated metric rows, or a rejection naming the field and the problem.
+//!
+//! The JSON is read without building a tree: each field's value stays a slice
+//! of the payload (`&RawValue`), strings are borrowed unless they hold escapes,
+//! numbers keep the exact text the client wrote, and unknown fields are copied
+//! into `attributes` verbatim. This runs once per element of every batch.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::{Map, Number, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use super::error::{Rejection, RejectionKind as Kind};
 use super::registry::{MetricTypeRule, Registry, ValueKind};
@@ -91,37 +98,67 @@ pub struct ValidElement {
     pub measurements: Vec<Measurement>,
 }
 
-/// An element's keys and values in the order received. Duplicate keys are
+/// A key as written: borrowed from the payload unless it holds escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// An element's keys and raw values in the order received. Duplicate keys are
 /// remembered rather than letting the last one silently win.
-#[derive(Debug, Default)]
-pub struct ElementFields {
-    fields: Vec<(String, Value)>,
+struct ElementFields<'a> {
+    fields: Vec<(Cow<'a, str>, &'a RawValue)>,
     duplicate_key: Option<String>,
 }
 
-impl<'de> Deserialize<'de> for ElementFields {
+impl<'de> Deserialize<'de> for ElementFields<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct FieldsVisitor;
         impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = ElementFields;
+            type Value = ElementFields<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ElementFields, A::Error> {
-                let mut out = ElementFields::default();
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<ElementFields<'de>, A::Error> {
+                let mut out = ElementFields {
+                    fields: Vec::with_capacity(12),
+                    duplicate_key: None,
+                };
                 // Elements have a dozen keys: a scan beats hashing, until a hostile one has thousands.
                 let mut seen: Option<HashSet<String>> = None;
-                while let Some(key) = map.next_key::<String>()? {
-                    let value: Value = map.next_value()?;
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
                     if out.fields.len() == 32 {
-                        seen = Some(out.fields.iter().map(|(k, _)| k.clone()).collect());
+                        seen = Some(out.fields.iter().map(|(k, _)| k.to_string()).collect());
                     }
                     let repeated = match seen.as_mut() {
-                        Some(seen) => !seen.insert(key.clone()),
+                        Some(seen) => !seen.insert(key.to_string()),
                         None => out.fields.iter().any(|(k, _)| *k == key),
                     };
                     if repeated {
-                        out.duplicate_key.get_or_insert(key);
+                        out.duplicate_key.get_or_insert_with(|| key.into_owned());
                         continue;
                     }
                     out.fields.push((key, value));
@@ -131,6 +168,70 @@ impl<'de> Deserialize<'de> for ElementFields {
         }
         deserializer.deserialize_map(FieldsVisitor)
     }
+}
+
+/// One JSON value, seen without building a tree.
+#[derive(Debug, Clone)]
+enum Field<'a> {
+    Null,
+    Bool(bool),
+    /// The number exactly as written.
+    Number(&'a str),
+    Str(Cow<'a, str>),
+    Array(&'a str),
+    Object(&'a str),
+}
+
+impl<'a> Field<'a> {
+    /// The raw text is valid JSON syntax (serde_json checked it while
+    /// skipping); escapes are decoded here, where a lone surrogate is refused.
+    fn of(raw: &'a RawValue, field: &str) -> Result<Field<'a>, Rejection> {
+        let text = raw.get();
+        Ok(match text.as_bytes().first() {
+            Some(b'"') => {
+                let inner = &text[1..text.len() - 1];
+                if inner.contains('\\') {
+                    let decoded: String =
+                        serde_json::from_str(text).map_err(|e| bad_json(field, e))?;
+                    Field::Str(Cow::Owned(decoded))
+                } else {
+                    Field::Str(Cow::Borrowed(inner))
+                }
+            }
+            Some(b'n') => Field::Null,
+            Some(b't') => Field::Bool(true),
+            Some(b'f') => Field::Bool(false),
+            Some(b'[') => Field::Array(text),
+            Some(b'{') => Field::Object(text),
+            _ => Field::Number(text),
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Field::Null => "null",
+            Field::Bool(_) => "a boolean",
+            Field::Number(_) => "a number",
+            Field::Str(_) => "a string",
+            Field::Array(_) => "an array",
+            Field::Object(_) => "an object",
+        }
+    }
+
+    /// A short, safe rendering for error messages (a 10 MB string must not
+    /// become a 10 MB error).
+    fn preview(&self) -> String {
+        match self {
+            Field::Str(s) => format!("\"{}\"", preview_str(s)),
+            Field::Null => "null".into(),
+            Field::Bool(b) => b.to_string(),
+            Field::Number(text) | Field::Array(text) | Field::Object(text) => preview_str(text),
+        }
+    }
+}
+
+fn bad_json(field: &str, error: serde_json::Error) -> Rejection {
+    Rejection::new(Kind::BadJson, field, format!("is not valid JSON: {error}"))
 }
 
 /// Parse and validate one element given as JSON text.
@@ -150,12 +251,14 @@ pub fn validate_json_element(raw: &str, registry: &Registry) -> Result<ValidElem
             format!("must be a JSON object, found {found}"),
         ));
     }
-    let fields: ElementFields = serde_json::from_str(raw)
-        .map_err(|e| Rejection::new(Kind::BadJson, "element", format!("is not valid JSON: {e}")))?;
+    let fields: ElementFields = serde_json::from_str(raw).map_err(|e| bad_json("element", e))?;
     validate_fields(fields, registry)
 }
 
-fn validate_fields(parsed: ElementFields, registry: &Registry) -> Result<ValidElement, Rejection> {
+fn validate_fields(
+    parsed: ElementFields<'_>,
+    registry: &Registry,
+) -> Result<ValidElement, Rejection> {
     if let Some(key) = parsed.duplicate_key {
         return Err(Rejection::new(
             Kind::BadJson,
@@ -166,33 +269,27 @@ fn validate_fields(parsed: ElementFields, registry: &Registry) -> Result<ValidEl
             ),
         ));
     }
-    let mut known: [Option<Value>; CONTEXT_FIELDS.len()] = Default::default();
-    let mut wide: Vec<(String, Value)> = Vec::new();
-    let mut unknown = Map::new();
-    for (key, value) in parsed.fields {
+    let mut known: [Option<Field>; CONTEXT_FIELDS.len()] = Default::default();
+    let mut wide: Vec<(&str, Field)> = Vec::new();
+    let mut unknown = Attributes::default();
+    for (key, raw) in &parsed.fields {
         if key.contains('\0') {
             return Err(nul_rejection("element"));
         }
-        if let Some(slot) = context_slot(&key) {
-            known[slot] = Some(value);
-        } else if registry.get(&key).is_some() {
-            wide.push((key, value));
+        if let Some(slot) = context_slot(key) {
+            known[slot] = Some(Field::of(raw, key)?);
+        } else if registry.get(key).is_some() {
+            wide.push((key, Field::of(raw, key)?));
         } else {
-            if contains_nul(&value) {
-                return Err(nul_rejection(&key));
-            }
-            unknown.insert(key, value);
+            unknown.add(key, raw)?;
         }
     }
-    let take = |known: &mut [Option<Value>; 12], name: &str| -> Option<Value> {
+    let mut take = |name: &str| -> Option<Field> {
         let slot = context_slot(name)?;
-        known[slot].take().filter(|v| !v.is_null())
+        known[slot].take().filter(|v| !matches!(v, Field::Null))
     };
 
-    let unix_us = match (
-        take(&mut known, "timestamp"),
-        take(&mut known, "timestamp_ms"),
-    ) {
+    let unix_us = match (take("timestamp"), take("timestamp_ms")) {
         (Some(_), Some(_)) => {
             return Err(Rejection::new(
                 Kind::InvalidValue,
@@ -204,26 +301,23 @@ fn validate_fields(parsed: ElementFields, registry: &Registry) -> Result<ValidEl
         (None, Some(v)) => timestamp_ms_from_json(&v)?,
         (None, None) => return Err(missing("timestamp")),
     };
-    let user_id =
-        id_from_json("user_id", take(&mut known, "user_id"))?.ok_or_else(|| missing("user_id"))?;
+    let user_id = id_from_json("user_id", take("user_id"))?.ok_or_else(|| missing("user_id"))?;
     let context = Context {
         unix_us,
         user_id,
-        session_id: id_from_json("session_id", take(&mut known, "session_id"))?,
-        device_id: id_from_json("device_id", take(&mut known, "device_id"))?,
-        event_id: id_from_json("event_id", take(&mut known, "event_id"))?,
-        app_version: text_from_json(
-            "app_version",
-            take(&mut known, "app_version"),
-            MAX_APP_VERSION_CHARS,
-        )?,
-        location: text_from_json("location", take(&mut known, "location"), MAX_LOCATION_CHARS)?,
-        sentiment_score: sentiment_from_json(take(&mut known, "sentiment_score"))?,
-        attributes: attributes_text(unknown)?,
+        session_id: id_from_json("session_id", take("session_id"))?,
+        device_id: id_from_json("device_id", take("device_id"))?,
+        event_id: id_from_json("event_id", take("event_id"))?,
+        app_version: text_from_json("app_version", take("app_version"), MAX_APP_VERSION_CHARS)?,
+        location: text_from_json("location", take("location"), MAX_LOCATION_CHARS)?,
+        sentiment_score: take("sentiment_score")
+            .map(|v| number_from_json("sentiment_score", &v).and_then(sentiment_in_range))
+            .transpose()?,
+        attributes: unknown.finish()?,
     };
 
-    let metric_type = take(&mut known, "metric_type");
-    let (value_field, value) = match (take(&mut known, "metric_value"), take(&mut known, "value")) {
+    let metric_type = take("metric_type");
+    let (value_field, value) = match (take("metric_value"), take("value")) {
         (Some(_), Some(_)) => {
             return Err(Rejection::new(
                 Kind::InvalidValue,
@@ -239,11 +333,14 @@ fn validate_fields(parsed: ElementFields, registry: &Registry) -> Result<ValidEl
             if let Some((key, _)) = wide.first() {
                 return Err(Rejection::new(
                     Kind::InvalidValue,
-                    key.clone(),
+                    *key,
                     "an element with metric_type (long form) cannot also carry metric fields (wide form)",
                 ));
             }
-            let rule = rule_from_json(&metric_type, registry)?;
+            let rule = match &metric_type {
+                Field::Str(name) => rule_by_name(name, registry)?,
+                other => return Err(wrong_type("metric_type", "a string", other)),
+            };
             let value = value.ok_or_else(|| missing(value_field))?;
             vec![measurement_from_json(rule, value_field, &value)?]
         }
@@ -253,7 +350,7 @@ fn validate_fields(parsed: ElementFields, registry: &Registry) -> Result<ValidEl
             }
             let mut measurements = Vec::with_capacity(wide.len());
             for (key, value) in &wide {
-                if value.is_null() {
+                if matches!(value, Field::Null) {
                     continue; // a wide-form metric sent as null was not observed
                 }
                 if let Some(rule) = registry.get(key) {
@@ -315,25 +412,37 @@ pub fn validate_call(args: CallArgs<'_>, registry: &Registry) -> Result<ValidEle
     let attributes = match args.attributes {
         None => None,
         Some(json) => {
-            let parsed: Value = serde_json::from_str(json).map_err(|e| {
-                Rejection::new(
-                    Kind::BadJson,
-                    "attributes",
-                    format!("is not valid JSON: {e}"),
-                )
-            })?;
-            match parsed {
-                Value::Object(map) => attributes_text(map)?,
+            match serde_json::from_str::<Value>(json).map_err(|e| bad_json("attributes", e))? {
+                Value::Object(map) if map.is_empty() => None,
+                Value::Object(map) => {
+                    if map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)) {
+                        return Err(nul_rejection("attributes"));
+                    }
+                    Some(json.to_string())
+                }
                 other => {
+                    let found = match other {
+                        Value::Array(_) => "an array",
+                        Value::String(_) => "a string",
+                        Value::Number(_) => "a number",
+                        Value::Bool(_) => "a boolean",
+                        _ => "null",
+                    };
                     return Err(Rejection::new(
                         Kind::WrongType,
                         "attributes",
-                        format!("must be a JSON object, found {}", json_kind(&other)),
-                    ))
+                        format!("must be a JSON object, found {found}"),
+                    ));
                 }
             }
         }
     };
+    if attributes
+        .as_ref()
+        .is_some_and(|a| a.len() > MAX_ATTRIBUTES_BYTES)
+    {
+        return Err(attributes_too_long());
+    }
     let context = Context {
         unix_us,
         user_id: id("user_id", args.user_id)?.ok_or_else(|| missing("user_id"))?,
@@ -347,16 +456,16 @@ pub fn validate_call(args: CallArgs<'_>, registry: &Registry) -> Result<ValidEle
     };
     let metric_type = args.metric_type.ok_or_else(|| missing("metric_type"))?;
     let rule = rule_by_name(metric_type, registry)?;
+    let shown;
     let value = match args.metric_value {
         CallValue::Null => return Err(missing("metric_value")),
-        CallValue::Text(s) => Value::String(s.to_string()),
+        CallValue::Text(s) => Field::Str(Cow::Borrowed(s)),
         CallValue::Number(n) => {
             if !n.is_finite() {
                 return Err(not_finite("metric_value", &n.to_string()));
             }
-            Number::from_f64(n)
-                .map(Value::Number)
-                .ok_or_else(|| not_finite("metric_value", &n.to_string()))?
+            shown = n.to_string();
+            Field::Number(&shown)
         }
     };
     let measurement = measurement_from_json(rule, "metric_value", &value)?;
@@ -405,32 +514,12 @@ fn epoch_out_of_window(field: &str, shown: &str) -> Rejection {
     )
 }
 
-fn wrong_type(field: &str, expected: &str, value: &Value) -> Rejection {
+fn wrong_type(field: &str, expected: &str, value: &Field) -> Rejection {
     Rejection::new(
         Kind::WrongType,
         field,
-        format!("must be {expected}, found {}", json_kind(value)),
+        format!("must be {expected}, found {}", value.kind()),
     )
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// A short, safe rendering of a value for error messages (a 10 MB string must
-/// not become a 10 MB error).
-fn preview(value: &Value) -> String {
-    match value {
-        Value::String(s) => format!("\"{}\"", preview_str(s)),
-        other => preview_str(&other.to_string()),
-    }
 }
 
 fn preview_str(s: &str) -> String {
@@ -448,9 +537,9 @@ fn preview_str(s: &str) -> String {
     }
 }
 
-fn timestamp_from_json(value: &Value) -> Result<i64, Rejection> {
+fn timestamp_from_json(value: &Field) -> Result<i64, Rejection> {
     match value {
-        Value::String(s) => {
+        Field::Str(s) => {
             if s.contains('\0') {
                 return Err(nul_rejection("timestamp"));
             }
@@ -460,14 +549,14 @@ fn timestamp_from_json(value: &Value) -> Result<i64, Rejection> {
                     "timestamp",
                     format!(
                         "{} is not an ISO 8601 timestamp or epoch seconds",
-                        preview(value)
+                        value.preview()
                     ),
                 ),
-                TimestampError::OutOfWindow => out_of_window("timestamp", &preview(value)),
+                TimestampError::OutOfWindow => out_of_window("timestamp", &value.preview()),
             })
         }
-        Value::Number(n) => timestamp::parse_epoch_seconds(n.as_str()).map_err(|_| {
-            epoch_out_of_window("timestamp", &format!("{} epoch seconds", preview(value)))
+        Field::Number(text) => timestamp::parse_epoch_seconds(text).map_err(|_| {
+            epoch_out_of_window("timestamp", &format!("{} epoch seconds", value.preview()))
         }),
         other => Err(wrong_type(
             "timestamp",
@@ -477,16 +566,15 @@ fn timestamp_from_json(value: &Value) -> Result<i64, Rejection> {
     }
 }
 
-fn timestamp_ms_from_json(value: &Value) -> Result<i64, Rejection> {
+fn timestamp_ms_from_json(value: &Field) -> Result<i64, Rejection> {
     match value {
-        Value::Number(n) if is_integer_text(n.as_str()) => {
-            timestamp::parse_epoch_millis(n.as_str()).map_err(|_| {
+        Field::Number(text) if is_integer_text(text) => timestamp::parse_epoch_millis(text)
+            .map_err(|_| {
                 out_of_window(
                     "timestamp_ms",
-                    &format!("{} epoch milliseconds", preview(value)),
+                    &format!("{} epoch milliseconds", value.preview()),
                 )
-            })
-        }
+            }),
         other => Err(wrong_type(
             "timestamp_ms",
             "an integer of epoch milliseconds",
@@ -501,24 +589,25 @@ fn is_integer_text(text: &str) -> bool {
 }
 
 /// ids are strings or integers, stored as text exactly as written.
-fn id_from_json(field: &str, value: Option<Value>) -> Result<Option<String>, Rejection> {
+fn id_from_json(field: &str, value: Option<Field>) -> Result<Option<String>, Rejection> {
     match value {
         None => Ok(None),
-        // The parsed string is moved, not copied: this runs once per field per element.
-        Some(Value::String(s)) => check_text(field, &s, MAX_ID_CHARS, false).map(|()| Some(s)),
-        Some(Value::Number(n)) if is_integer_text(n.as_str()) => Ok(Some(n.as_str().to_string())),
+        Some(Field::Str(s)) => {
+            check_text(field, &s, MAX_ID_CHARS, false).map(|()| Some(s.into_owned()))
+        }
+        Some(Field::Number(text)) if is_integer_text(text) => Ok(Some(text.to_string())),
         Some(other) => Err(wrong_type(field, "a string or an integer", &other)),
     }
 }
 
 fn text_from_json(
     field: &str,
-    value: Option<Value>,
+    value: Option<Field>,
     max: usize,
 ) -> Result<Option<String>, Rejection> {
     match value {
         None => Ok(None),
-        Some(Value::String(s)) => check_text(field, &s, max, true).map(|()| Some(s)),
+        Some(Field::Str(s)) => check_text(field, &s, max, true).map(|()| Some(s.into_owned())),
         Some(other) => Err(wrong_type(field, "a string", &other)),
     }
 }
@@ -547,15 +636,6 @@ fn check_text(field: &str, s: &str, max_chars: usize, empty_ok: bool) -> Result<
     Ok(())
 }
 
-fn sentiment_from_json(value: Option<Value>) -> Result<Option<f64>, Rejection> {
-    match value {
-        None => Ok(None),
-        Some(v) => number_from_json("sentiment_score", &v)
-            .and_then(sentiment_in_range)
-            .map(Some),
-    }
-}
-
 fn sentiment_in_range(score: f64) -> Result<f64, Rejection> {
     if !score.is_finite() {
         return Err(not_finite("sentiment_score", &score.to_string()));
@@ -571,31 +651,21 @@ fn sentiment_in_range(score: f64) -> Result<f64, Rejection> {
 }
 
 /// A JSON number, or a string holding exactly one (`"300"`).
-fn number_from_json(field: &str, value: &Value) -> Result<f64, Rejection> {
+fn number_from_json(field: &str, value: &Field) -> Result<f64, Rejection> {
     let text = match value {
-        Value::Number(n) => n.as_str(),
-        Value::String(s) => s.as_str(),
+        Field::Number(text) => *text,
+        Field::Str(s) => s,
         other => return Err(wrong_type(field, "a number", other)),
     };
     match text.parse::<f64>() {
         Ok(n) if n.is_finite() => Ok(n),
         // Rust also reads "inf" and "NaN"; a string spelling them is not finite either.
-        Ok(_) => Err(not_finite(field, &preview(value))),
+        Ok(_) => Err(not_finite(field, &value.preview())),
         Err(_) => Err(Rejection::new(
             Kind::InvalidValue,
             field,
-            format!("{} is not a number", preview(value)),
+            format!("{} is not a number", value.preview()),
         )),
-    }
-}
-
-fn rule_from_json<'r>(
-    value: &Value,
-    registry: &'r Registry,
-) -> Result<&'r MetricTypeRule, Rejection> {
-    match value {
-        Value::String(name) => rule_by_name(name, registry),
-        other => Err(wrong_type("metric_type", "a string", other)),
     }
 }
 
@@ -616,13 +686,13 @@ fn rule_by_name<'r>(name: &str, registry: &'r Registry) -> Result<&'r MetricType
 fn measurement_from_json(
     rule: &MetricTypeRule,
     field: &str,
-    value: &Value,
+    value: &Field,
 ) -> Result<Measurement, Rejection> {
     let (number, label) = match rule.kind {
         ValueKind::Boolean => (boolean_from_json(field, value)?, None),
         ValueKind::Number => (number_from_json(field, value)?, None),
         ValueKind::Score => match value {
-            Value::String(s) if s.parse::<f64>().is_err() => {
+            Field::Str(s) if s.parse::<f64>().is_err() => {
                 let score = rule
                     .labels
                     .iter()
@@ -636,14 +706,14 @@ fn measurement_from_json(
                             field,
                             format!(
                                 "{} is not a number or a label of {} ({})",
-                                preview(value),
+                                value.preview(),
                                 rule.name,
                                 known.join(", ")
                             ),
                         )
                     })?;
                 check_text(field, s, MAX_LABEL_CHARS, false)?;
-                (score, Some(s.clone()))
+                (score, Some(s.to_string()))
             }
             _ => (number_from_json(field, value)?, None),
         },
@@ -668,16 +738,16 @@ fn measurement_from_json(
     })
 }
 
-fn boolean_from_json(field: &str, value: &Value) -> Result<f64, Rejection> {
+fn boolean_from_json(field: &str, value: &Field) -> Result<f64, Rejection> {
     let truth = match value {
-        Value::Bool(b) => Some(*b),
+        Field::Bool(b) => Some(*b),
         // 1, 1.0 and 1e0 all say the same; anything else is not a boolean.
-        Value::Number(n) => match n.as_f64() {
-            Some(v) if v == 0.0 => Some(false),
-            Some(v) if v == 1.0 => Some(true),
+        Field::Number(text) => match text.parse::<f64>() {
+            Ok(v) if v == 0.0 => Some(false),
+            Ok(v) if v == 1.0 => Some(true),
             _ => None,
         },
-        Value::String(s) => match s.as_str() {
+        Field::Str(s) => match s.as_ref() {
             "0" | "false" => Some(false),
             "1" | "true" => Some(true),
             _ => None,
@@ -688,7 +758,7 @@ fn boolean_from_json(field: &str, value: &Value) -> Result<f64, Rejection> {
         Rejection::new(
             Kind::InvalidValue,
             field,
-            format!("{} is not a boolean (true, false, 0 or 1)", preview(value)),
+            format!("{} is not a boolean (true, false, 0 or 1)", value.preview()),
         )
     })
 }
@@ -702,26 +772,51 @@ fn contains_nul(value: &Value) -> bool {
     }
 }
 
-fn attributes_text(unknown: Map<String, Value>) -> Result<Option<String>, Rejection> {
-    if unknown.is_empty() {
-        return Ok(None);
+fn attributes_too_long() -> Rejection {
+    Rejection::new(
+        Kind::TooLong,
+        "attributes",
+        format!("unknown fields take more than the {MAX_ATTRIBUTES_BYTES} bytes of JSON kept in attributes"),
+    )
+}
+
+/// The fields the schema does not know, as a JSON object built from the raw
+/// text the client sent (numbers and strings exactly as written). Anything
+/// jsonb would refuse or choke on (`\u0000`, a lone surrogate, nesting beyond
+/// serde_json's limit) is found here first, so it becomes a rejection rather
+/// than an error that aborts the whole call.
+#[derive(Default)]
+struct Attributes {
+    text: String,
+}
+
+impl Attributes {
+    fn add(&mut self, key: &str, raw: &RawValue) -> Result<(), Rejection> {
+        let value = raw.get();
+        let needs_parse = value.starts_with(['{', '[']) || value.contains('\\');
+        if needs_parse {
+            let parsed: Value = serde_json::from_str(value).map_err(|e| bad_json(key, e))?;
+            if contains_nul(&parsed) {
+                return Err(nul_rejection(key));
+            }
+        }
+        self.text.push(if self.text.is_empty() { '{' } else { ',' });
+        // Keys are re-escaped: the key as decoded may differ from its raw spelling.
+        self.text
+            .push_str(&serde_json::to_string(key).map_err(|e| bad_json(key, e))?);
+        self.text.push(':');
+        self.text.push_str(value);
+        if self.text.len() > MAX_ATTRIBUTES_BYTES {
+            return Err(attributes_too_long());
+        }
+        Ok(())
     }
-    if unknown
-        .iter()
-        .any(|(k, v)| k.contains('\0') || contains_nul(v))
-    {
-        return Err(nul_rejection("attributes"));
+
+    fn finish(mut self) -> Result<Option<String>, Rejection> {
+        if self.text.is_empty() {
+            return Ok(None);
+        }
+        self.text.push('}');
+        Ok(Some(self.text))
     }
-    let text = Value::Object(unknown).to_string();
-    if text.len() > MAX_ATTRIBUTES_BYTES {
-        return Err(Rejection::new(
-            Kind::TooLong,
-            "attributes",
-            format!(
-                "unknown fields take {} bytes of JSON, more than the {MAX_ATTRIBUTES_BYTES} kept in attributes",
-                text.len()
-            ),
-        ));
-    }
-    Ok(Some(text))
 }

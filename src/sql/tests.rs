@@ -384,7 +384,7 @@ mod tests {
         let verdict = text(&format!(
             "SELECT concat_ws('|', status, field, error LIKE '%recursion limit exceeded%') FROM metrics_ingest.ingest_json({deep})"
         ));
-        assert_eq!(verdict, "rejected|element|t");
+        assert_eq!(verdict, "rejected|deep|t");
     }
 
     #[pg_test(
