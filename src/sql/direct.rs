@@ -278,7 +278,10 @@ impl DirectTable {
             let evaluate = (*state)
                 .evalfunc
                 .unwrap_or_else(|| raise_internal("defaults", "no evalfunc"));
-            values[i] = evaluate(state, self.econtext, &mut nulls[i]);
+            let econtext = self.econtext;
+            let is_null = &mut nulls[i];
+            // A default can raise (a sequence at its end): keep the longjmp off Rust frames.
+            values[i] = pg_sys::ffi::pg_guard_ffi_boundary(|| evaluate(state, econtext, is_null));
         }
         pg_sys::MemoryContextSwitchTo(old);
         pg_sys::ExecStoreVirtualTuple(slot);

@@ -37,11 +37,13 @@ impl Status {
 }
 
 /// One row of the result, in order: ordinal, status, error, field, metrics_stored.
+/// Kept small (16 bytes): a batch of a million elements holds a million of them.
 struct Outcome {
-    ordinal: usize,
-    status: Status,
-    rejection: Option<(String, String)>,
+    ordinal: u32,
     metrics_stored: u32,
+    status: Status,
+    /// (error, field), for rejected elements only.
+    rejection: Option<Box<(String, String)>>,
 }
 
 fn on_error_mode(on_error: Option<&str>) -> OnError {
@@ -114,7 +116,8 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
                     Status::Duplicate
                 };
                 outcomes.push(Outcome {
-                    ordinal,
+                    // A payload is under 1 GB, so it has fewer than 2^32 elements.
+                    ordinal: ordinal as u32,
                     status,
                     rejection: None,
                     metrics_stored: stored.inserted,
@@ -125,9 +128,9 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
                     raise_rejection(&rejection, Some(ordinal));
                 }
                 writer.reject("ingest_json", ordinal, raw, &rejection);
-                let reported = (rejection.to_string(), rejection.field);
+                let reported = Box::new((rejection.to_string(), rejection.field));
                 outcomes.push(Outcome {
-                    ordinal,
+                    ordinal: ordinal as u32,
                     status: Status::Rejected,
                     rejection: Some(reported),
                     metrics_stored: 0,
@@ -164,17 +167,24 @@ unsafe fn return_outcomes(fcinfo: pg_sys::FunctionCallInfo, outcomes: &[Outcome]
         pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
         pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
     );
+    // The three statuses are built once; only a rejection has text of its own.
+    let statuses = [Status::Inserted, Status::Duplicate, Status::Rejected]
+        .map(|s| (s, text_datum(s.as_str())));
     let caller_context = pg_sys::MemoryContextSwitchTo(row_context);
     for outcome in outcomes {
-        let (error, field) = match &outcome.rejection {
+        let (error, field) = match outcome.rejection.as_deref() {
             Some((error, field)) => (Some(text_datum(error)), Some(text_datum(field))),
             None => (None, None),
         };
+        let status = statuses
+            .iter()
+            .find(|(s, _)| *s == outcome.status)
+            .map(|(_, d)| *d);
         let columns = [
             Some(pg_sys::Datum::from(
                 i32::try_from(outcome.ordinal).unwrap_or(i32::MAX),
             )),
-            Some(text_datum(outcome.status.as_str())),
+            status,
             error,
             field,
             Some(pg_sys::Datum::from(outcome.metrics_stored as i32)),
@@ -182,7 +192,9 @@ unsafe fn return_outcomes(fcinfo: pg_sys::FunctionCallInfo, outcomes: &[Outcome]
         let mut values = columns.map(|c| c.unwrap_or(pg_sys::Datum::from(0)));
         let mut nulls = columns.map(|c| c.is_none());
         pg_sys::tuplestore_putvalues(store, descriptor, values.as_mut_ptr(), nulls.as_mut_ptr());
-        pg_sys::MemoryContextReset(row_context);
+        if outcome.rejection.is_some() {
+            pg_sys::MemoryContextReset(row_context);
+        }
     }
     pg_sys::MemoryContextSwitchTo(caller_context);
     pg_sys::MemoryContextDelete(row_context);

@@ -245,21 +245,57 @@ pub unsafe fn supplied_values(
     measurement: &Measurement,
     attributes: Option<pg_sys::Datum>,
 ) -> [Option<pg_sys::Datum>; 12] {
-    let text = |value: Option<&str>| value.map(|s| text_datum(s));
+    let [user_id, session_id, metric_type, metric_label, device_id, app_version, location, event_id] =
+        text_datums([
+            Some(context.user_id.as_str()),
+            context.session_id.as_deref(),
+            Some(measurement.metric_type.as_str()),
+            measurement.label.as_deref(),
+            context.device_id.as_deref(),
+            context.app_version.as_deref(),
+            context.location.as_deref(),
+            context.event_id.as_deref(),
+        ]);
     [
         Some(pg_sys::Datum::from(context.unix_us - PG_EPOCH_OFFSET_US)),
-        text(Some(&context.user_id)),
-        text(context.session_id.as_deref()),
-        text(Some(&measurement.metric_type)),
+        user_id,
+        session_id,
+        metric_type,
         Some(float8_datum(measurement.value)),
-        text(measurement.label.as_deref()),
-        text(context.device_id.as_deref()),
-        text(context.app_version.as_deref()),
-        text(context.location.as_deref()),
+        metric_label,
+        device_id,
+        app_version,
+        location,
         context.sentiment_score.map(float8_datum),
-        text(context.event_id.as_deref()),
+        event_id,
         attributes,
     ]
+}
+
+/// Text datums for several strings from one palloc: a row's text columns cost
+/// one allocation, and one call into PostgreSQL, instead of one each. The
+/// strings are validated ids and labels, far below varlena's 1 GB limit.
+unsafe fn text_datums<const N: usize>(values: [Option<&str>; N]) -> [Option<pg_sys::Datum>; N] {
+    const HEADER: usize = pg_sys::VARHDRSZ;
+    // Each datum starts on a 4-byte boundary, as its 4-byte header requires.
+    let padded = |len: usize| (HEADER + len + 3) & !3;
+    let mut out = [None; N];
+    let total: usize = values.iter().flatten().map(|s| padded(s.len())).sum();
+    if total == 0 {
+        return out;
+    }
+    let base = pg_sys::palloc(total).cast::<u8>();
+    let mut offset = 0;
+    for (slot, value) in out.iter_mut().zip(values) {
+        if let Some(text) = value {
+            let datum = base.add(offset);
+            pgrx::varlena::set_varsize_4b(datum.cast(), (HEADER + text.len()) as i32);
+            std::ptr::copy_nonoverlapping(text.as_ptr(), datum.add(HEADER), text.len());
+            *slot = Some(pg_sys::Datum::from(datum));
+            offset += padded(text.len());
+        }
+    }
+    out
 }
 
 fn kept_plan(
