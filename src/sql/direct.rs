@@ -20,11 +20,13 @@
 //! triggers, no row-level security and no generated columns. Otherwise the
 //! writer falls back to SPI.
 
+use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
+use std::rc::Rc;
 
-use pgrx::pg_sys;
+use pgrx::{pg_guard, pg_sys};
 
 use super::errors::raise_internal;
 use crate::core::element::{Context, Measurement};
@@ -81,22 +83,195 @@ pub enum Buffered {
     Duplicate,
 }
 
-impl DirectTable {
-    /// None when the table is not eligible (see the module comment).
-    pub fn open() -> Option<DirectTable> {
-        unsafe {
-            let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), false);
-            let relid = pg_sys::get_relname_relid(c"metrics".as_ptr(), namespace);
-            if relid == pg_sys::InvalidOid {
-                raise_internal("opening metrics", "metrics_ingest.metrics does not exist");
+/// What the direct path needs to know about metrics_ingest.metrics, worked
+/// out and planned once per backend rather than once per call: which columns
+/// we supply, the planned default and CHECK expressions, the event index.
+/// Any relcache invalidation of the table marks it stale; it is rebuilt by the
+/// next call once that call holds the table's lock.
+struct Shape {
+    relid: pg_sys::Oid,
+    /// None when the table is not eligible (triggers, RLS, partitioning...).
+    layout: Option<Layout>,
+    /// Holds the planned expressions.
+    context: pg_sys::MemoryContext,
+}
+
+struct Layout {
+    natts: usize,
+    /// Attribute index (0-based) of each SUPPLIED column.
+    attribute_of: [usize; 12],
+    defaults: Vec<(usize, *mut pg_sys::Expr)>,
+    /// Planned CHECK constraints, in the order of the relation's `constr->check`.
+    checks: Vec<*mut pg_sys::Expr>,
+    event_index: pg_sys::Oid,
+}
+
+impl Drop for Shape {
+    fn drop(&mut self) {
+        unsafe { pg_sys::MemoryContextDelete(self.context) };
+    }
+}
+
+thread_local! {
+    // An Rc: a call keeps the shape it started with even if a newer one replaces it.
+    static SHAPE: RefCell<Option<Rc<Shape>>> = const { RefCell::new(None) };
+    static SHAPE_STALE: Cell<bool> = const { Cell::new(false) };
+}
+
+pub fn register_invalidation_callback() {
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(
+            Some(on_relcache_invalidation),
+            pg_sys::Datum::from(0),
+        )
+    };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    // Only mark: a call in progress may still be using the planned expressions.
+    let ours = SHAPE.with(|s| {
+        s.borrow()
+            .as_ref()
+            .is_some_and(|shape| shape.relid == relid)
+    });
+    if relid == pg_sys::InvalidOid || ours {
+        SHAPE_STALE.set(true);
+    }
+}
+
+/// The table's oid: the cached one while it is known to be current.
+unsafe fn metrics_relid() -> pg_sys::Oid {
+    if !SHAPE_STALE.get() {
+        if let Some(relid) = SHAPE.with(|s| s.borrow().as_ref().map(|shape| shape.relid)) {
+            return relid;
+        }
+    }
+    let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), false);
+    let relid = pg_sys::get_relname_relid(c"metrics".as_ptr(), namespace);
+    if relid == pg_sys::InvalidOid {
+        raise_internal("opening metrics", "metrics_ingest.metrics does not exist");
+    }
+    relid
+}
+
+/// The shape of `rel`, whose lock the caller holds: any change to the table
+/// has been seen by now, so a stale or missing shape is rebuilt here.
+unsafe fn current_shape(rel: pg_sys::Relation) -> Rc<Shape> {
+    let relid = (*rel).rd_id;
+    let cached = SHAPE.with(|s| s.borrow().clone());
+    if let Some(shape) = cached.filter(|shape| !SHAPE_STALE.get() && shape.relid == relid) {
+        return shape;
+    }
+    let context = pg_sys::AllocSetContextCreateExtended(
+        pg_sys::TopMemoryContext,
+        c"metrics_ingest table shape".as_ptr(),
+        pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+        pg_sys::ALLOCSET_SMALL_INITSIZE as usize,
+        pg_sys::ALLOCSET_SMALL_MAXSIZE as usize,
+    );
+    let old = pg_sys::MemoryContextSwitchTo(context);
+    let layout = plan_layout(rel);
+    pg_sys::MemoryContextSwitchTo(old);
+    let shape = Rc::new(Shape {
+        relid,
+        layout,
+        context,
+    });
+    SHAPE.with(|s| *s.borrow_mut() = Some(Rc::clone(&shape)));
+    SHAPE_STALE.set(false);
+    shape
+}
+
+/// Plans everything a call needs, in the current memory context.
+unsafe fn plan_layout(rel: pg_sys::Relation) -> Option<Layout> {
+    let form = (*rel).rd_rel;
+    let eligible = (*form).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
+        && (*rel).trigdesc.is_null()
+        && !(*form).relrowsecurity;
+    if !eligible {
+        return None;
+    }
+    let tupdesc = (*rel).rd_att;
+    let natts = (*tupdesc).natts as usize;
+    let mut layout = Layout {
+        natts,
+        attribute_of: [usize::MAX; 12],
+        defaults: Vec::new(),
+        checks: Vec::new(),
+        event_index: pg_sys::InvalidOid,
+    };
+    for i in 0..natts {
+        let attribute = (*tupdesc).attrs.as_ptr().add(i);
+        if (*attribute).attisdropped {
+            continue;
+        }
+        if (*attribute).attgenerated != 0 {
+            return None;
+        }
+        let name = CStr::from_ptr((*attribute).attname.data.as_ptr());
+        match SUPPLIED
+            .iter()
+            .position(|(n, _)| n.as_bytes() == name.to_bytes())
+        {
+            Some(k) if SUPPLIED[k].1 == (*attribute).atttypid => layout.attribute_of[k] = i,
+            Some(_) => return None,
+            None => {
+                let default = pg_sys::build_column_default(rel, (i + 1) as i32);
+                if !default.is_null() {
+                    layout
+                        .defaults
+                        .push((i, pg_sys::expression_planner(default.cast())));
+                }
             }
+        }
+    }
+    if layout.attribute_of.contains(&usize::MAX) {
+        return None;
+    }
+    let constraints = (*tupdesc).constr;
+    if !constraints.is_null() {
+        for i in 0..(*constraints).num_check as usize {
+            let check = (*constraints).check.add(i);
+            let expression = pg_sys::stringToNode((*check).ccbin);
+            layout
+                .checks
+                .push(pg_sys::expression_planner(expression.cast()));
+        }
+    }
+    let indexes = pg_sys::RelationGetIndexList(rel);
+    if !indexes.is_null() {
+        for i in 0..(*indexes).length as usize {
+            let oid = (*(*indexes).elements.add(i)).oid_value;
+            let name = pg_sys::get_rel_name(oid);
+            if !name.is_null() && CStr::from_ptr(name) == EVENT_INDEX {
+                layout.event_index = oid;
+            }
+        }
+    }
+    (layout.event_index != pg_sys::InvalidOid).then_some(layout)
+}
+
+impl DirectTable {
+    /// None when the table is not eligible (see the module comment). `bulk`
+    /// buffers rows for multi-inserts; otherwise rows go in one at a time.
+    pub fn open(bulk: bool) -> Option<DirectTable> {
+        unsafe {
             // The executor expects the caller to hold the lock, as DoCopy does.
-            let locked = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let locked = pg_sys::table_open(
+                metrics_relid(),
+                pg_sys::RowExclusiveLock as pg_sys::LOCKMODE,
+            );
+            let shape = current_shape(locked);
+            let Some(layout) = shape.layout.as_ref() else {
+                pg_sys::table_close(locked, pg_sys::NoLock as pg_sys::LOCKMODE);
+                return None;
+            };
             let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
                 as *mut pg_sys::RangeTblEntry;
             (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
             (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
-            (*rte).relid = relid;
+            (*rte).relid = (*locked).rd_id;
             (*rte).relkind = pg_sys::RELKIND_RELATION as std::ffi::c_char;
             (*rte).rellockmode = pg_sys::RowExclusiveLock as i32;
             (*rte).requiredPerms = pg_sys::ACL_INSERT as pg_sys::AclMode;
@@ -106,96 +281,93 @@ impl DirectTable {
                 as *mut pg_sys::ResultRelInfo;
             (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
             pg_sys::ExecInitResultRelation(estate, rri, 1);
+            pg_sys::CheckValidResultRel(rri, pg_sys::CmdType::CMD_INSERT);
+            pg_sys::ExecOpenIndices(rri, true);
             let rel = (*rri).ri_RelationDesc;
-            let form = (*rel).rd_rel;
-            let eligible = (*form).relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
-                && (*rri).ri_TrigDesc.is_null()
-                && !(*form).relrowsecurity;
-            let mut table = DirectTable {
+            let constraints = (*(*rel).rd_att).constr;
+            let has_constraints = !constraints.is_null();
+            if has_constraints
+                && (*constraints).num_check as usize == layout.checks.len()
+                && !layout.checks.is_empty()
+            {
+                // ExecConstraints would parse and plan each CHECK for every call;
+                // hand it the ones planned once, as ExecRelCheck would build them.
+                let old = pg_sys::MemoryContextSwitchTo((*estate).es_query_cxt);
+                let states = pg_sys::palloc(
+                    layout.checks.len() * std::mem::size_of::<*mut pg_sys::ExprState>(),
+                ) as *mut *mut pg_sys::ExprState;
+                for (i, check) in layout.checks.iter().enumerate() {
+                    *states.add(i) = pg_sys::ExecInitExpr(*check, null_mut());
+                }
+                (*rri).ri_ConstraintExprs = states;
+                pg_sys::MemoryContextSwitchTo(old);
+            }
+            let defaults = layout
+                .defaults
+                .iter()
+                .map(|&(i, expression)| (i, pg_sys::ExecInitExpr(expression, null_mut())))
+                .collect();
+            let cid = pg_sys::GetCurrentCommandId(true);
+            (*estate).es_output_cid = cid;
+            Some(DirectTable {
                 locked,
                 rel,
                 estate,
                 rri,
-                econtext: null_mut(),
-                bistate: null_mut(),
-                cid: 0,
-                arbiters: null_mut(),
-                natts: 0,
-                attribute_of: [usize::MAX; 12],
-                defaults: Vec::new(),
-                has_constraints: false,
+                econtext: pg_sys::MakePerTupleExprContext(estate),
+                bistate: if bulk {
+                    pg_sys::GetBulkInsertState()
+                } else {
+                    null_mut()
+                },
+                cid,
+                arbiters: pg_sys::lappend_oid(null_mut(), layout.event_index),
+                natts: layout.natts,
+                attribute_of: layout.attribute_of,
+                defaults,
+                has_constraints,
                 slots: Vec::new(),
                 buffered: 0,
                 buffered_events: 0,
-                buffered_ordinals: Vec::with_capacity(MAX_BUFFERED),
+                buffered_ordinals: Vec::with_capacity(if bulk { MAX_BUFFERED } else { 0 }),
                 late_duplicates: Vec::new(),
                 expect_duplicates: false,
-                batch_context: null_mut(),
-            };
-            if !eligible || !table.prepare() {
-                table.close_executor();
-                return None;
-            }
-            Some(table)
+                batch_context: pg_sys::AllocSetContextCreateExtended(
+                    pg_sys::CurrentMemoryContext,
+                    c"metrics_ingest batch".as_ptr(),
+                    pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
+                    pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
+                ),
+            })
         }
     }
 
-    unsafe fn prepare(&mut self) -> bool {
-        pg_sys::CheckValidResultRel(self.rri, pg_sys::CmdType::CMD_INSERT);
-        pg_sys::ExecOpenIndices(self.rri, true);
-        let tupdesc = (*self.rel).rd_att;
-        self.natts = (*tupdesc).natts as usize;
-        self.has_constraints = !(*tupdesc).constr.is_null();
-        for i in 0..self.natts {
-            let attribute = (*tupdesc).attrs.as_ptr().add(i);
-            if (*attribute).attisdropped {
-                continue;
+    /// One row, written at once (insert_metric): no buffering, no bulk state.
+    pub fn insert_now(
+        &mut self,
+        context: &Context,
+        measurement: &Measurement,
+        attributes: Option<pg_sys::Datum>,
+    ) -> Buffered {
+        unsafe {
+            if self.slots.is_empty() {
+                self.slots.push(pg_sys::table_slot_create(
+                    self.rel,
+                    &mut (*self.estate).es_tupleTable,
+                ));
             }
-            if (*attribute).attgenerated != 0 {
-                return false;
-            }
-            let name = CStr::from_ptr((*attribute).attname.data.as_ptr());
-            match SUPPLIED
-                .iter()
-                .position(|(n, _)| n.as_bytes() == name.to_bytes())
-            {
-                Some(k) if SUPPLIED[k].1 == (*attribute).atttypid => self.attribute_of[k] = i,
-                Some(_) => return false,
-                None => {
-                    let default = pg_sys::build_column_default(self.rel, (i + 1) as i32);
-                    if !default.is_null() {
-                        let planned = pg_sys::expression_planner(default.cast());
-                        self.defaults
-                            .push((i, pg_sys::ExecInitExpr(planned, null_mut())));
-                    }
-                }
+            let slot = self.slots[0];
+            self.fill(slot, context, measurement, attributes);
+            let inserted = self.insert_one(slot);
+            pg_sys::ExecClearTuple(slot);
+            pg_sys::MemoryContextReset(self.batch_context);
+            if inserted {
+                Buffered::Inserted
+            } else {
+                Buffered::Duplicate
             }
         }
-        if self.attribute_of.contains(&usize::MAX) {
-            return false;
-        }
-        for i in 0..(*self.rri).ri_NumIndices as usize {
-            let index = *(*self.rri).ri_IndexRelationDescs.add(i);
-            let name = pg_sys::get_rel_name((*index).rd_id);
-            if !name.is_null() && CStr::from_ptr(name) == EVENT_INDEX {
-                self.arbiters = pg_sys::lappend_oid(null_mut(), (*index).rd_id);
-            }
-        }
-        if self.arbiters.is_null() {
-            return false;
-        }
-        self.econtext = pg_sys::MakePerTupleExprContext(self.estate);
-        self.cid = pg_sys::GetCurrentCommandId(true);
-        (*self.estate).es_output_cid = self.cid;
-        self.bistate = pg_sys::GetBulkInsertState();
-        self.batch_context = pg_sys::AllocSetContextCreateExtended(
-            pg_sys::CurrentMemoryContext,
-            c"metrics_ingest batch".as_ptr(),
-            pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-            pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-            pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-        );
-        true
     }
 
     /// Called before an element's values are built: flushes when the element
@@ -435,8 +607,10 @@ impl DirectTable {
     pub fn close(mut self) -> Vec<usize> {
         self.flush();
         unsafe {
-            pg_sys::FreeBulkInsertState(self.bistate);
-            pg_sys::table_finish_bulk_insert(self.rel, 0);
+            if !self.bistate.is_null() {
+                pg_sys::FreeBulkInsertState(self.bistate);
+                pg_sys::table_finish_bulk_insert(self.rel, 0);
+            }
             pg_sys::MemoryContextDelete(self.batch_context);
             self.close_executor();
         }

@@ -19,4 +19,5 @@ pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize)
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     registry_cache::register_invalidation_callback();
+    direct::register_invalidation_callback();
 }

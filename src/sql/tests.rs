@@ -338,14 +338,40 @@ mod tests {
         assert_eq!(rows("true"), mixed_rows());
         // The trigger fired once per stored row: proof the INSERT path ran.
         assert_eq!(count("SELECT count(*) FROM public.audit"), 4);
+        // insert_metric too, including its idempotency.
+        for _ in 0..2 {
+            Spi::run("CALL metrics_ingest.insert_metric('2024-03-02Z', 'p', NULL, 'talked_time', 9, event_id => 'x3')")
+                .expect("call");
+        }
+        assert_eq!(count("SELECT count(*) FROM public.audit"), 5);
     }
 
     #[pg_test]
     fn columns_added_by_a_dba_get_their_defaults_on_the_fast_path() {
+        // Both paths plan the table's shape before the change...
+        assert_eq!(
+            outcomes(r#"{"user_id":"before","timestamp":1722470400,"talked_time":1}"#),
+            ["1|inserted|1"]
+        );
+        Spi::run(
+            "CALL metrics_ingest.insert_metric('2024-08-01Z', 'before', NULL, 'talked_time', 2)",
+        )
+        .expect("call");
+        Spi::run("DELETE FROM metrics_ingest.metrics").expect("delete");
         Spi::run(
             "ALTER TABLE metrics_ingest.metrics ADD COLUMN tenant text NOT NULL DEFAULT 'acme'",
         )
         .expect("alter");
+        // ...and plan it again after.
+        Spi::run(
+            "CALL metrics_ingest.insert_metric('2024-08-01Z', 'after', NULL, 'talked_time', 2)",
+        )
+        .expect("call");
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'after' AND tenant = 'acme'"),
+            1
+        );
+        Spi::run("DELETE FROM metrics_ingest.metrics").expect("delete");
         assert_eq!(outcomes(MIXED_BATCH), MIXED_OUTCOMES);
         assert_eq!(
             count("SELECT count(*) FROM metrics_ingest.metrics WHERE tenant = 'acme'"),

@@ -1,8 +1,9 @@
 //! Storing validated elements and rejected ones.
 //!
-//! ingest_json writes through the fast path (`direct`) when the table allows
-//! it. Otherwise, and for single events (insert_metric), rows go in through a
-//! kept SPI plan, `INSERT ... ON CONFLICT DO NOTHING`, so PostgreSQL itself
+//! Rows go in through the direct path (`direct`) when the table allows it:
+//! buffered multi-inserts for ingest_json, one row at a time for
+//! insert_metric. Otherwise they go in through a kept SPI plan (`INSERT ... ON
+//! CONFLICT DO NOTHING` for rows with an event_id), so PostgreSQL itself
 //! enforces every constraint, default, trigger and the idempotency index.
 
 use std::cell::Cell;
@@ -71,23 +72,23 @@ pub struct Writer {
     row_context: pg_sys::MemoryContext,
     caller_context: pg_sys::MemoryContext,
     direct: Option<DirectTable>,
+    path: Path,
+    /// SPI is connected on first need: the direct path does without it.
+    spi_connected: bool,
 }
 
-/// Which path a call may use.
+/// Which kind of call is writing.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Path {
-    /// Batches: the direct multi-insert path where the table allows it.
+    /// Batches: rows are buffered for multi-inserts.
     Bulk,
-    /// One event: a kept plan is cheaper than setting up the executor.
+    /// One event: written at once.
     Single,
 }
 
 impl Writer {
     pub fn open(path: Path) -> Writer {
         unsafe {
-            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
-                raise_internal("SPI_connect", "failed");
-            }
             let caller_context = pg_sys::CurrentMemoryContext;
             let row_context = pg_sys::AllocSetContextCreateExtended(
                 caller_context,
@@ -96,17 +97,29 @@ impl Writer {
                 pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
                 pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
             );
-            let direct = if path == Path::Bulk {
-                DirectTable::open()
-            } else {
-                None
-            };
+            let direct = DirectTable::open(path == Path::Bulk);
             Writer {
                 row_context,
                 caller_context,
                 direct,
+                path,
+                spi_connected: false,
             }
         }
+    }
+
+    fn connect_spi(&mut self) {
+        if self.spi_connected {
+            return;
+        }
+        unsafe {
+            if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
+                raise_internal("SPI_connect", "failed");
+            }
+            // SPI_finish will come back here; meanwhile our allocations stay ours.
+            pg_sys::MemoryContextSwitchTo(self.caller_context);
+        }
+        self.spi_connected = true;
     }
 
     pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> Stored {
@@ -115,7 +128,9 @@ impl Writer {
                 inserted: 0,
                 duplicates: 0,
             };
-            direct.make_room(&element.measurements);
+            if self.path == Path::Bulk {
+                direct.make_room(&element.measurements);
+            }
             let attributes = element.context.attributes.as_deref().map(|a| unsafe {
                 let old = pg_sys::MemoryContextSwitchTo(direct.batch_context());
                 let datum = jsonb_datum(a);
@@ -123,13 +138,18 @@ impl Writer {
                 datum
             });
             for measurement in &element.measurements {
-                match direct.buffer(ordinal, &element.context, measurement, attributes) {
+                let written = match self.path {
+                    Path::Bulk => direct.buffer(ordinal, &element.context, measurement, attributes),
+                    Path::Single => direct.insert_now(&element.context, measurement, attributes),
+                };
+                match written {
                     Buffered::Inserted => stored.inserted += 1,
                     Buffered::Duplicate => stored.duplicates += 1,
                 }
             }
             return stored;
         }
+        self.connect_spi();
         let plan = match element.context.event_id {
             Some(_) => kept_plan(&EVENT_PLAN, INSERT_EVENT, &INSERT_METRIC_TYPES),
             None => kept_plan(&METRIC_PLAN, INSERT_METRIC, &INSERT_METRIC_TYPES),
@@ -170,6 +190,7 @@ impl Writer {
     }
 
     pub fn reject(&mut self, source: &str, ordinal: usize, element: &str, rejection: &Rejection) {
+        self.connect_spi();
         let plan = kept_plan(&REJECTED_PLAN, INSERT_REJECTED, &INSERT_REJECTED_TYPES);
         unsafe {
             pg_sys::MemoryContextSwitchTo(self.row_context);
@@ -203,7 +224,9 @@ impl Writer {
         let late_duplicates = self.direct.map(DirectTable::close).unwrap_or_default();
         unsafe {
             pg_sys::MemoryContextDelete(self.row_context);
-            pg_sys::SPI_finish();
+            if self.spi_connected {
+                pg_sys::SPI_finish();
+            }
         }
         late_duplicates
     }
