@@ -782,27 +782,22 @@ impl Event {
 
 /// `[e1,e2,...]` of ingest_json elements.
 pub fn json_array(events: &[Event]) -> String {
-    let mut s = String::with_capacity(events.len() * 330 + 2);
-    s.push('[');
-    for (i, e) in events.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        e.write_json(&mut s);
-    }
-    s.push(']');
-    s
+    array_of(events, 330, Event::write_json)
 }
 
 /// `[r1,r2,...]` of row-shaped objects for json_populate_recordset.
 pub fn row_json_array(events: &[Event]) -> String {
-    let mut s = String::with_capacity(events.len() * 340 + 2);
+    array_of(events, 340, Event::write_row_json)
+}
+
+fn array_of(events: &[Event], bytes_per_event: usize, write: fn(&Event, &mut String)) -> String {
+    let mut s = String::with_capacity(events.len() * bytes_per_event + 2);
     s.push('[');
     for (i, e) in events.iter().enumerate() {
         if i > 0 {
             s.push(',');
         }
-        e.write_row_json(&mut s);
+        write(e, &mut s);
     }
     s.push(']');
     s

@@ -4,7 +4,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::element::validate_json_element;
+use super::element::{validate_json_element, CONTEXT_FIELDS};
 use super::payload::for_each_element;
 use super::registry::Registry;
 
@@ -26,27 +26,20 @@ impl Rng {
     }
 }
 
-const KEYS: &[&str] = &[
-    "timestamp",
-    "timestamp_ms",
-    "user_id",
-    "session_id",
-    "metric_type",
-    "metric_value",
-    "value",
-    "device_id",
-    "app_version",
-    "location",
-    "sentiment_score",
-    "event_id",
-    "talked_time",
-    "microphone_used",
-    "speaker_used",
-    "voice_sentiment",
-    "name",
-    "x",
-    "",
-];
+/// Keys that mean something (every context field, every metric) and some that do not.
+fn keys() -> Vec<&'static str> {
+    let mut keys = CONTEXT_FIELDS.to_vec();
+    keys.extend([
+        "talked_time",
+        "microphone_used",
+        "speaker_used",
+        "voice_sentiment",
+        "name",
+        "x",
+        "",
+    ]);
+    keys
+}
 const SCALARS: &[&str] = &[
     "null",
     "true",
@@ -126,8 +119,9 @@ fn value(rng: &mut Rng, depth: usize) -> String {
 }
 
 fn element(rng: &mut Rng, depth: usize) -> String {
+    let keys = keys();
     let fields: Vec<String> = (0..rng.below(12))
-        .map(|_| format!("\"{}\":{}", rng.pick(KEYS), value(rng, depth)))
+        .map(|_| format!("\"{}\":{}", rng.pick(&keys), value(rng, depth)))
         .collect();
     format!("{{{}}}", fields.join(","))
 }

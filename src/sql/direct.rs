@@ -118,17 +118,11 @@ thread_local! {
     static SHAPE_STALE: Cell<bool> = const { Cell::new(false) };
 }
 
-pub fn register_invalidation_callback() {
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(
-            Some(on_relcache_invalidation),
-            pg_sys::Datum::from(0),
-        )
-    };
-}
-
 #[pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+pub(super) unsafe extern "C-unwind" fn on_relcache_invalidation(
+    _arg: pg_sys::Datum,
+    relid: pg_sys::Oid,
+) {
     // Only mark: a call in progress may still be using the planned expressions.
     let ours = SHAPE.with(|s| {
         s.borrow()

@@ -16,8 +16,17 @@ pgrx::extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!("../../sql/api.sql", name = "api", requires = ["schema"]);
 pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize);
 
+/// Both caches follow the tables they copy: a relcache invalidation of the
+/// table (sent at commit by any change to it) reaches them here.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    registry_cache::register_invalidation_callback();
-    direct::register_invalidation_callback();
+    let callbacks: [pgrx::pg_sys::RelcacheCallbackFunction; 2] = [
+        Some(registry_cache::on_relcache_invalidation),
+        Some(direct::on_relcache_invalidation),
+    ];
+    for callback in callbacks {
+        unsafe {
+            pgrx::pg_sys::CacheRegisterRelcacheCallback(callback, pgrx::pg_sys::Datum::from(0))
+        };
+    }
 }

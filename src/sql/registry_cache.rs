@@ -14,17 +14,11 @@ thread_local! {
     static CACHED: RefCell<Option<(pg_sys::Oid, Rc<Registry>)>> = const { RefCell::new(None) };
 }
 
-pub fn register_invalidation_callback() {
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(
-            Some(on_relcache_invalidation),
-            pg_sys::Datum::from(0),
-        )
-    };
-}
-
 #[pg_guard]
-unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+pub(super) unsafe extern "C-unwind" fn on_relcache_invalidation(
+    _arg: pg_sys::Datum,
+    relid: pg_sys::Oid,
+) {
     CACHED.with(|cached| {
         let mut cached = cached.borrow_mut();
         if relid == pg_sys::InvalidOid || cached.as_ref().is_some_and(|(oid, _)| *oid == relid) {
