@@ -1,6 +1,18 @@
 -- metrics_ingest: tables, indexes and roles. Every name is schema-qualified:
 -- this script must mean the same whatever search_path CREATE EXTENSION runs with.
 
+-- Payloads, ids and labels are read as UTF-8 text; in any other database encoding they
+-- would be misread or altered, so refuse to install there rather than store garbage.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'metrics_ingest requires a UTF8 database, not %', pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0';
+    END IF;
+END
+$encoding$;
+
 -- Roles are cluster-wide and outlive the extension; create them only when absent.
 -- Two databases may run CREATE EXTENSION at the same moment: the loser of the race
 -- for a role finds it created (unique_violation) and goes on.

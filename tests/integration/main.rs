@@ -7,6 +7,7 @@
 mod dump_restore;
 mod faults;
 mod hostile;
+mod install;
 mod load;
 mod security;
 mod support;
