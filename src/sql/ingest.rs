@@ -109,8 +109,8 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
     let read = for_each_element(payload, |ordinal, raw| {
         match validate_json_element(raw, &registry) {
             Ok(element) => {
-                let stored = writer.store(ordinal, &element);
-                let status = if stored.inserted > 0 {
+                let inserted = writer.store(ordinal, &element);
+                let status = if inserted > 0 {
                     Status::Inserted
                 } else {
                     Status::Duplicate
@@ -120,7 +120,7 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
                     ordinal: ordinal as u32,
                     status,
                     rejection: None,
-                    metrics_stored: stored.inserted,
+                    metrics_stored: inserted,
                 });
             }
             Err(rejection) => {

@@ -17,15 +17,20 @@ use crate::core::element::{Context, Measurement, ValidElement};
 use crate::core::error::Rejection;
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
 
+/// The INSERT of one metric row; `$suffix` ends the statement.
+macro_rules! insert_metric {
+    ($suffix:literal) => {
+        concat!(
+            "INSERT INTO metrics_ingest.metrics (\"timestamp\", user_id, session_id, metric_type, ",
+            "metric_value, metric_label, device_id, app_version, location, sentiment_score, event_id, ",
+            "attributes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            $suffix
+        )
+    };
+}
 // Only rows with an event_id can conflict; the others skip speculative insertion.
-const INSERT_METRIC: &str = "INSERT INTO metrics_ingest.metrics \
-    (\"timestamp\", user_id, session_id, metric_type, metric_value, metric_label, \
-     device_id, app_version, location, sentiment_score, event_id, attributes) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-const INSERT_EVENT: &str = "INSERT INTO metrics_ingest.metrics \
-    (\"timestamp\", user_id, session_id, metric_type, metric_value, metric_label, \
-     device_id, app_version, location, sentiment_score, event_id, attributes) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING";
+const INSERT_METRIC: &str = insert_metric!("");
+const INSERT_EVENT: &str = insert_metric!(" ON CONFLICT DO NOTHING");
 const INSERT_METRIC_TYPES: [pg_sys::Oid; 12] = [
     pg_sys::TIMESTAMPTZOID,
     pg_sys::TEXTOID,
@@ -59,15 +64,9 @@ thread_local! {
     static REJECTED_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
 }
 
-/// What storing one element did.
-pub struct Stored {
-    pub inserted: u32,
-    pub duplicates: u32,
-}
-
-/// Open for the duration of one SQL call: holds the SPI connection and a
-/// memory context reset after every row, so a 100,000-element call runs in
-/// constant memory.
+/// Open for the duration of one SQL call: holds the direct path (or, when
+/// needed, an SPI connection) and a memory context reset after every row, so a
+/// 100,000-element call runs in constant memory.
 pub struct Writer {
     row_context: pg_sys::MemoryContext,
     caller_context: pg_sys::MemoryContext,
@@ -122,12 +121,11 @@ impl Writer {
         self.spi_connected = true;
     }
 
-    pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> Stored {
+    /// Stores an element's rows; returns how many were new (the others were
+    /// duplicates of stored events).
+    pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> u32 {
+        let mut inserted = 0;
         if let Some(direct) = self.direct.as_mut() {
-            let mut stored = Stored {
-                inserted: 0,
-                duplicates: 0,
-            };
             if self.path == Path::Bulk {
                 direct.make_room(&element.measurements);
             }
@@ -142,21 +140,16 @@ impl Writer {
                     Path::Bulk => direct.buffer(ordinal, &element.context, measurement, attributes),
                     Path::Single => direct.insert_now(&element.context, measurement, attributes),
                 };
-                match written {
-                    Buffered::Inserted => stored.inserted += 1,
-                    Buffered::Duplicate => stored.duplicates += 1,
+                if let Buffered::Inserted = written {
+                    inserted += 1;
                 }
             }
-            return stored;
+            return inserted;
         }
         self.connect_spi();
         let plan = match element.context.event_id {
             Some(_) => kept_plan(&EVENT_PLAN, INSERT_EVENT, &INSERT_METRIC_TYPES),
             None => kept_plan(&METRIC_PLAN, INSERT_METRIC, &INSERT_METRIC_TYPES),
-        };
-        let mut stored = Stored {
-            inserted: 0,
-            duplicates: 0,
         };
         unsafe {
             pg_sys::MemoryContextSwitchTo(self.row_context);
@@ -177,16 +170,15 @@ impl Writer {
                 if status != pg_sys::SPI_OK_INSERT as i32 {
                     raise_internal("inserting a metric", format!("SPI status {status}"));
                 }
+                // ON CONFLICT DO NOTHING inserted nothing: a duplicate.
                 if pg_sys::SPI_processed == 1 {
-                    stored.inserted += 1;
-                } else {
-                    stored.duplicates += 1;
+                    inserted += 1;
                 }
             }
             pg_sys::MemoryContextSwitchTo(self.caller_context);
             pg_sys::MemoryContextReset(self.row_context);
         }
-        stored
+        inserted
     }
 
     pub fn reject(&mut self, source: &str, ordinal: usize, element: &str, rejection: &Rejection) {
