@@ -67,7 +67,6 @@ pub struct DirectTable {
     defaults: Vec<(usize, *mut pg_sys::ExprState)>,
     has_constraints: bool,
     slots: Vec<*mut pg_sys::TupleTableSlot>,
-    buffered: usize,
     buffered_events: usize,
     /// The element each buffered row came from, to correct its verdict if a
     /// race turns the row into a duplicate at flush time.
@@ -321,7 +320,6 @@ impl DirectTable {
                 defaults,
                 has_constraints,
                 slots: Vec::new(),
-                buffered: 0,
                 buffered_events: 0,
                 buffered_ordinals: Vec::with_capacity(if bulk { MAX_BUFFERED } else { 0 }),
                 late_duplicates: Vec::new(),
@@ -369,7 +367,7 @@ impl DirectTable {
     /// flush frees the values built for it. (The same event twice in one buffer
     /// needs nothing here: the flush meets the conflict and redoes its rows.)
     pub fn make_room(&mut self, measurements: &[Measurement]) {
-        if self.buffered + measurements.len() > MAX_BUFFERED {
+        if self.buffered() + measurements.len() > MAX_BUFFERED {
             self.flush();
         }
     }
@@ -385,13 +383,13 @@ impl DirectTable {
     ) -> Buffered {
         unsafe {
             let has_event = context.event_id.is_some();
-            if self.buffered == self.slots.len() {
+            if self.buffered() == self.slots.len() {
                 self.slots.push(pg_sys::table_slot_create(
                     self.rel,
                     &mut (*self.estate).es_tupleTable,
                 ));
             }
-            let slot = self.slots[self.buffered];
+            let slot = self.slots[self.buffered()];
             self.fill(slot, context, measurement, attributes);
             if has_event && self.expect_duplicates {
                 let mut conflict = pg_sys::ItemPointerData::default();
@@ -412,9 +410,13 @@ impl DirectTable {
                 self.buffered_events += 1;
             }
             self.buffered_ordinals.push(ordinal);
-            self.buffered += 1;
             Buffered::Inserted
         }
+    }
+
+    /// Rows waiting for the next flush.
+    fn buffered(&self) -> usize {
+        self.buffered_ordinals.len()
     }
 
     pub fn batch_context(&self) -> pg_sys::MemoryContext {
@@ -459,7 +461,7 @@ impl DirectTable {
 
     /// Writes the buffered rows. See the module comment for the race handling.
     pub fn flush(&mut self) {
-        if self.buffered == 0 {
+        if self.buffered() == 0 {
             return;
         }
         unsafe {
@@ -497,18 +499,17 @@ impl DirectTable {
             }
             self.expect_duplicates = raced;
             if raced {
-                for i in 0..self.buffered {
+                for i in 0..self.buffered() {
                     if !self.insert_one(self.slots[i]) {
                         self.late_duplicates.push(self.buffered_ordinals[i]);
                     }
                 }
             }
-            for &slot in &self.slots[..self.buffered] {
+            for &slot in &self.slots[..self.buffered()] {
                 pg_sys::ExecClearTuple(slot);
             }
             pg_sys::MemoryContextReset(self.batch_context);
         }
-        self.buffered = 0;
         self.buffered_events = 0;
         self.buffered_ordinals.clear();
     }
@@ -519,14 +520,14 @@ impl DirectTable {
         pg_sys::table_multi_insert(
             self.rel,
             self.slots.as_mut_ptr(),
-            self.buffered as i32,
+            self.buffered() as i32,
             self.cid,
             0,
             self.bistate,
         );
         let arbiters = if guarded { self.arbiters } else { null_mut() };
         let mut raced = false;
-        for &slot in &self.slots[..self.buffered] {
+        for &slot in &self.slots[..self.buffered()] {
             let mut conflict = false;
             let recheck = pg_sys::ExecInsertIndexTuples(
                 self.rri,
