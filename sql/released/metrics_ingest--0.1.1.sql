@@ -1,0 +1,248 @@
+-- The install script of metrics_ingest 0.1.1, frozen as released: the upgrade test installs it
+-- and then runs ALTER EXTENSION UPDATE. Never edit; add an upgrade script instead.
+-- (sql/schema.sql, sql/api.sql and sql/comments.sql of 0.1.1, in pgrx's order.)
+
+-- metrics_ingest: tables, indexes and roles. Every name is schema-qualified:
+-- this script must mean the same whatever search_path CREATE EXTENSION runs with.
+
+-- Payloads, ids and labels are read as UTF-8 text; in any other database encoding they
+-- would be misread or altered, so refuse to install there rather than store garbage.
+DO $encoding$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'metrics_ingest requires a UTF8 database, not %', pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'CREATE DATABASE ... ENCODING ''UTF8'' TEMPLATE template0';
+    END IF;
+END
+$encoding$;
+
+-- Roles are cluster-wide and outlive the extension; create them only when absent.
+-- Two databases may run CREATE EXTENSION at the same moment: the loser of the race
+-- for a role finds it created (unique_violation) and goes on.
+DO $roles$
+DECLARE
+    role_name text;
+BEGIN
+    FOREACH role_name IN ARRAY ARRAY['metrics_ingest_writer', 'metrics_ingest_reader'] LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
+            BEGIN
+                EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', role_name);
+            EXCEPTION WHEN duplicate_object OR unique_violation THEN
+                NULL;
+            END;
+        END IF;
+    END LOOP;
+END
+$roles$;
+
+-- The registry: which metric types exist and how each is validated.
+-- Adding one is one INSERT; no schema change.
+CREATE TABLE metrics_ingest.metric_types (
+    metric_type text PRIMARY KEY
+        CHECK (metric_type OPERATOR(pg_catalog.~) '^[a-z][a-z0-9_]{0,62}$')
+        -- a metric named like a context field would make wide-form elements ambiguous
+        CHECK (metric_type <> ALL (ARRAY['timestamp', 'timestamp_ms', 'user_id', 'session_id',
+            'metric_type', 'metric_value', 'value', 'device_id', 'app_version', 'location',
+            'sentiment_score', 'event_id'])),
+    value_kind text NOT NULL CHECK (value_kind IN ('number', 'boolean', 'score')),
+    min_value double precision,
+    max_value double precision,
+    unit text,
+    -- label -> score, for value_kind 'score' (e.g. {"positive": 1})
+    labels jsonb NOT NULL DEFAULT '{}'::jsonb
+        CHECK (pg_catalog.jsonb_typeof(labels) = 'object'),
+    description text,
+    -- rows shipped by the extension; pg_dump keeps only the others (CREATE EXTENSION recreates these)
+    builtin boolean NOT NULL DEFAULT false,
+    CHECK (min_value IS NULL OR max_value IS NULL OR min_value <= max_value),
+    CHECK (min_value <> 'NaN'::double precision AND max_value <> 'NaN'::double precision)
+);
+
+INSERT INTO metrics_ingest.metric_types
+    (metric_type, value_kind, min_value, max_value, unit, labels, description, builtin)
+VALUES
+    ('talked_time', 'number', 0, NULL, 'seconds', '{}', 'Time the user talked during the call', true),
+    ('microphone_used', 'boolean', NULL, NULL, NULL, '{}', 'Whether a microphone was used (stored as 0 or 1)', true),
+    ('speaker_used', 'boolean', NULL, NULL, NULL, '{}', 'Whether a speaker was used (stored as 0 or 1)', true),
+    ('voice_sentiment', 'score', -1, 1, 'score',
+        '{"negative": -1, "neutral": 0, "positive": 1}',
+        'Sentiment of the voice: a score in [-1, 1] or a label (kept in metric_label)', true);
+
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metric_types', 'WHERE NOT builtin');
+
+-- One row per metric observation.
+CREATE TABLE metrics_ingest.metrics (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    "timestamp" timestamptz NOT NULL,
+    user_id text NOT NULL,
+    session_id text,
+    metric_type text NOT NULL,
+    metric_value double precision NOT NULL,
+    -- the label as sent, for label-valued metrics ("positive")
+    metric_label text,
+    device_id text,
+    app_version text,
+    location text,
+    sentiment_score double precision CHECK (sentiment_score BETWEEN -1 AND 1),
+    -- the client's idempotency key
+    event_id text,
+    -- fields the schema does not know, kept rather than dropped
+    attributes jsonb,
+    ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- user_id and "timestamp" lead every key, so the table can later be partitioned by
+    -- time and distributed by user without dropping a constraint. This key also serves
+    -- the commonest query: one user's metrics over a time range.
+    CONSTRAINT metrics_pkey PRIMARY KEY (user_id, "timestamp", id)
+);
+
+-- Idempotency: the same event (user, event_id, metric type, timestamp) is stored at most
+-- once. Partial, so rows without an event_id cost nothing here.
+CREATE UNIQUE INDEX metrics_event_key ON metrics_ingest.metrics
+    (user_id, event_id, metric_type, "timestamp") WHERE event_id IS NOT NULL;
+-- One session's metrics, in time order.
+CREATE INDEX metrics_session_idx ON metrics_ingest.metrics (session_id, "timestamp")
+    WHERE session_id IS NOT NULL;
+-- One metric type over time (dashboards, aggregates per type).
+CREATE INDEX metrics_type_time_idx ON metrics_ingest.metrics (metric_type, "timestamp");
+-- Time ranges across all users: rows arrive roughly in time order, so a BRIN index
+-- is tiny and nearly free to maintain.
+CREATE INDEX metrics_time_brin ON metrics_ingest.metrics USING brin ("timestamp");
+
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metrics_id_seq', '');
+
+-- The dead-letter table: every element that failed validation, as received.
+CREATE TABLE metrics_ingest.rejected (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    rejected_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- the role that sent it (functions run as their owner, so current_user would not tell)
+    rejected_by name NOT NULL DEFAULT pg_catalog.session_user(),
+    -- 'ingest_json'
+    source text NOT NULL,
+    -- 1-based position of the element in its payload
+    ordinal integer NOT NULL,
+    -- the element exactly as received: text, not jsonb, so even JSON that jsonb refuses
+    -- (\u0000, lone surrogates, duplicate keys) is kept verbatim
+    element text NOT NULL,
+    field text NOT NULL,
+    error text NOT NULL,
+    sqlstate text NOT NULL
+);
+CREATE INDEX rejected_at_idx ON metrics_ingest.rejected (rejected_at);
+
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected', '');
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected_id_seq', '');
+
+-- Privileges: tables are reachable only through the functions (writer) or read-only (reader).
+REVOKE ALL ON ALL TABLES IN SCHEMA metrics_ingest FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA metrics_ingest FROM PUBLIC;
+GRANT USAGE ON SCHEMA metrics_ingest TO metrics_ingest_writer, metrics_ingest_reader;
+GRANT SELECT ON metrics_ingest.metrics, metrics_ingest.rejected, metrics_ingest.metric_types
+    TO metrics_ingest_reader;
+
+-- metrics_ingest: the SQL-facing functions. Each writing entry point is SECURITY DEFINER
+-- (so writers need no table privileges), pins search_path (so objects a caller plants in
+-- its own schemas change nothing), and is executable only by metrics_ingest_writer.
+
+CREATE FUNCTION metrics_ingest.ingest_json(payload text, on_error text DEFAULT 'reject')
+RETURNS TABLE (ordinal integer, status text, error text, field text, metrics_stored integer)
+LANGUAGE c VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1000
+AS 'MODULE_PATHNAME', 'ingest_json_text_wrapper';
+
+CREATE FUNCTION metrics_ingest.ingest_json(payload json, on_error text DEFAULT 'reject')
+RETURNS TABLE (ordinal integer, status text, error text, field text, metrics_stored integer)
+LANGUAGE c VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1000
+AS 'MODULE_PATHNAME', 'ingest_json_text_wrapper';
+
+CREATE FUNCTION metrics_ingest.ingest_json(payload jsonb, on_error text DEFAULT 'reject')
+RETURNS TABLE (ordinal integer, status text, error text, field text, metrics_stored integer)
+LANGUAGE c VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+ROWS 1000
+AS 'MODULE_PATHNAME', 'ingest_json_jsonb_wrapper';
+
+-- Seed 000's procedure. The value may be text ('300', 'positive') or a number.
+CREATE PROCEDURE metrics_ingest.insert_metric(
+    "timestamp" timestamptz,
+    user_id text,
+    session_id text,
+    metric_type text,
+    metric_value text,
+    device_id text DEFAULT NULL,
+    app_version text DEFAULT NULL,
+    location text DEFAULT NULL,
+    sentiment_score double precision DEFAULT NULL,
+    event_id text DEFAULT NULL,
+    attributes jsonb DEFAULT NULL)
+LANGUAGE c
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'insert_metric_text_wrapper';
+
+CREATE PROCEDURE metrics_ingest.insert_metric(
+    "timestamp" timestamptz,
+    user_id text,
+    session_id text,
+    metric_type text,
+    metric_value double precision,
+    device_id text DEFAULT NULL,
+    app_version text DEFAULT NULL,
+    location text DEFAULT NULL,
+    sentiment_score double precision DEFAULT NULL,
+    event_id text DEFAULT NULL,
+    attributes jsonb DEFAULT NULL)
+LANGUAGE c
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS 'MODULE_PATHNAME', 'insert_metric_number_wrapper';
+
+-- Keeps every backend's cached copy of the registry current: a change to metric_types
+-- invalidates it at commit, the way PostgreSQL invalidates its own catalog caches.
+CREATE FUNCTION metrics_ingest.metric_types_changed()
+RETURNS trigger
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'metric_types_changed_wrapper';
+
+CREATE TRIGGER metric_types_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON metrics_ingest.metric_types
+    FOR EACH STATEMENT EXECUTE FUNCTION metrics_ingest.metric_types_changed();
+
+REVOKE ALL ON FUNCTION metrics_ingest.ingest_json(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.ingest_json(json, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.ingest_json(jsonb, text) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, text, text, text, text, double precision, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.metric_types_changed() FROM PUBLIC;
+
+GRANT EXECUTE ON FUNCTION metrics_ingest.ingest_json(text, text) TO metrics_ingest_writer;
+GRANT EXECUTE ON FUNCTION metrics_ingest.ingest_json(json, text) TO metrics_ingest_writer;
+GRANT EXECUTE ON FUNCTION metrics_ingest.ingest_json(jsonb, text) TO metrics_ingest_writer;
+GRANT EXECUTE ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, text, text, text, text, double precision, text, jsonb) TO metrics_ingest_writer;
+GRANT EXECUTE ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) TO metrics_ingest_writer;
+
+-- Catalog documentation (since 0.1.1): what \d+ and \df+ show about each object.
+COMMENT ON TABLE metrics_ingest.metrics IS
+    'One row per metric observation. Written by ingest_json and insert_metric; see the README for the columns.';
+COMMENT ON COLUMN metrics_ingest.metrics.metric_label IS
+    'The label as sent for label-valued metrics (e.g. positive), whose score is in metric_value';
+COMMENT ON COLUMN metrics_ingest.metrics.event_id IS
+    'The client''s idempotency key: (user_id, event_id, metric_type, timestamp) is stored at most once';
+COMMENT ON COLUMN metrics_ingest.metrics.attributes IS
+    'Fields of the element that the schema does not know, kept rather than dropped';
+COMMENT ON TABLE metrics_ingest.metric_types IS
+    'The registry of metric types and how each value is validated. Add one with a single INSERT.';
+COMMENT ON TABLE metrics_ingest.rejected IS
+    'Dead letters: every element ingest_json refused, as received, with the field and the reason';
+COMMENT ON FUNCTION metrics_ingest.ingest_json(text, text) IS
+    'Validates and stores a JSON array of metric events (or one object); returns one verdict per element';
+COMMENT ON FUNCTION metrics_ingest.ingest_json(json, text) IS
+    'As ingest_json(text, text), for json values';
+COMMENT ON FUNCTION metrics_ingest.ingest_json(jsonb, text) IS
+    'As ingest_json(text, text), for jsonb values (duplicate keys already merged by jsonb)';
+COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, text, text, text, text, double precision, text, jsonb) IS
+    'Stores one metric event, validated like ingest_json; raises a class-22 error naming the field';
+COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) IS
+    'As insert_metric with a text value, for numeric values';
