@@ -331,6 +331,7 @@ cluster_start() {
 listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$sock'
+${MI_CLUSTER_EXTRA_CONF:-}
 EOF
     elif [[ $(stat -c %U "$dir") != "$(pg_os_user)" ]]; then
         die "$dir belongs to $(stat -c %U "$dir"), expected $(pg_os_user)"

@@ -122,6 +122,15 @@ pgrx_test() {
 # A new cluster for every run. Its data directory is .pgtest/clusters/<port>,
 # or one under /tmp if the postgres user cannot reach the checkout.
 test_cluster_fresh() {
+    # pg_cron (Debian's postgresql-15-cron) runs run_maintenance in the partition tests;
+    # it must be preloaded, and runs its jobs in background workers (no connection needed).
+    if [[ -f $("$MI_PG_CONFIG" --pkglibdir)/pg_cron.so ]]; then
+        MI_CLUSTER_EXTRA_CONF="shared_preload_libraries = 'pg_cron'
+cron.database_name = 'postgres'
+cron.use_background_workers = on
+max_worker_processes = 16"
+        export METRICS_INGEST_TEST_PG_CRON=required
+    fi
     local parent
     parent=$(reachable_pg_dir "$PGTEST_DIR/clusters" "/tmp/$MI_EXTENSION.clusters-$(id -u)")
     TEST_CLUSTER_DIR=$parent/$TEST_PORT
@@ -219,7 +228,7 @@ mi_extra_summary() {
 }
 
 # ---------------------------------------------------------------------------
-step "Debian packages" ensure_packages
+step "Debian packages" ensure_packages "postgresql-${MI_PG_MAJOR}-cron"
 step "cargo-pgrx ${MI_PGRX_VERSION}" ensure_cargo_pgrx
 step "pgrx init (pg${MI_PG_MAJOR})" ensure_pgrx_init
 step "cargo fmt --check" cargo fmt --all --check

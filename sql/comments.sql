@@ -21,3 +21,17 @@ COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text,
     'Stores one metric event, validated like ingest_json; raises a class-22 error naming the field';
 COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) IS
     'As insert_metric with a text value, for numeric values';
+COMMENT ON TABLE metrics_ingest.settings IS
+    'Upkeep settings (one row): partition width, retention of metrics and of dead letters. Change with set_partition_interval, set_retention, set_rejected_retention.';
+COMMENT ON FUNCTION metrics_ingest.partitions() IS
+    'Every partition of metrics with its time range [lower, upper)';
+COMMENT ON FUNCTION metrics_ingest.partition_for(timestamptz) IS
+    'The partition holding a time, made (CREATE TABLE, then ATTACH PARTITION) if there is none; called by ingest_json and insert_metric';
+COMMENT ON FUNCTION metrics_ingest.set_partition_interval(interval) IS
+    'Sets the width of partitions made from now on (1 hour to 366 days, no months); existing partitions keep theirs';
+COMMENT ON FUNCTION metrics_ingest.set_retention(interval) IS
+    'Sets how long metrics are kept (NULL: forever). Older elements are rejected; run_maintenance drops older partitions';
+COMMENT ON FUNCTION metrics_ingest.set_rejected_retention(interval) IS
+    'Sets how long dead letters are kept (NULL: forever); run_maintenance deletes older ones';
+COMMENT ON FUNCTION metrics_ingest.run_maintenance() IS
+    'Upkeep for pg_cron: drops partitions older than the retention, deletes old dead letters; returns what it did';

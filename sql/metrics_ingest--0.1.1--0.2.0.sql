@@ -1,4 +1,323 @@
 -- metrics_ingest 0.1.1 -> 0.2.0. Each change below is also in the install script
--- (sql/schema.sql, sql/api.sql, sql/comments.sql); the upgrade test checks that an
--- upgraded catalog equals a fresh one.
+-- (sql/schema.sql, sql/api.sql, sql/partitions.sql, sql/comments.sql); the upgrade test
+-- checks that an upgraded catalog equals a fresh one.
 \echo Use "ALTER EXTENSION metrics_ingest UPDATE TO '0.2.0'" to load this file. \quit
+
+-- ---------------------------------------------------------------------------
+-- Time partitions. metrics becomes PARTITION BY RANGE ("timestamp"), in this one
+-- transaction: the 0.1.1 table is renamed aside, the partitioned table is created with
+-- the same columns, keys and indexes, partitions are made for the days its rows cover,
+-- every row moves over with its id, and the identity sequence continues where it was.
+-- ---------------------------------------------------------------------------
+LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE;
+ALTER TABLE metrics_ingest.metrics RENAME TO metrics_0_1_1;
+ALTER SEQUENCE metrics_ingest.metrics_id_seq RENAME TO metrics_0_1_1_id_seq;
+ALTER INDEX metrics_ingest.metrics_pkey RENAME TO metrics_0_1_1_pkey;
+ALTER INDEX metrics_ingest.metrics_event_key RENAME TO metrics_0_1_1_event_key;
+ALTER INDEX metrics_ingest.metrics_session_idx RENAME TO metrics_0_1_1_session_idx;
+ALTER INDEX metrics_ingest.metrics_type_time_idx RENAME TO metrics_0_1_1_type_time_idx;
+ALTER INDEX metrics_ingest.metrics_time_brin RENAME TO metrics_0_1_1_time_brin;
+
+-- One row per metric observation.
+CREATE TABLE metrics_ingest.metrics (
+    id bigint GENERATED ALWAYS AS IDENTITY,
+    "timestamp" timestamptz NOT NULL,
+    user_id text NOT NULL,
+    session_id text,
+    metric_type text NOT NULL,
+    metric_value double precision NOT NULL,
+    -- the label as sent, for label-valued metrics ("positive")
+    metric_label text,
+    device_id text,
+    app_version text,
+    location text,
+    sentiment_score double precision CHECK (sentiment_score BETWEEN -1 AND 1),
+    -- the client's idempotency key
+    event_id text,
+    -- fields the schema does not know, kept rather than dropped
+    attributes jsonb,
+    ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- user_id and "timestamp" lead every key, so the table is partitioned by time (and
+    -- can be distributed by user) without dropping a constraint. This key also serves
+    -- the commonest query: one user's metrics over a time range.
+    CONSTRAINT metrics_pkey PRIMARY KEY (user_id, "timestamp", id)
+) PARTITION BY RANGE ("timestamp");
+-- Partitions are made on demand (metrics_ingest.partition_for, called by ingest_json and
+-- insert_metric when a row's time falls in none), named for the start of their range
+-- (metrics_p20240812), and dropped whole by run_maintenance once older than the retention.
+-- There is deliberately no default partition: late data gets a partition of its own.
+
+-- Idempotency: the same event (user, event_id, metric type, timestamp) is stored at most
+-- once. Partial, so rows without an event_id cost nothing here.
+CREATE UNIQUE INDEX metrics_event_key ON metrics_ingest.metrics
+    (user_id, event_id, metric_type, "timestamp") WHERE event_id IS NOT NULL;
+-- One session's metrics, in time order.
+CREATE INDEX metrics_session_idx ON metrics_ingest.metrics (session_id, "timestamp")
+    WHERE session_id IS NOT NULL;
+-- One metric type over time (dashboards, aggregates per type).
+CREATE INDEX metrics_type_time_idx ON metrics_ingest.metrics (metric_type, "timestamp");
+-- Time ranges across all users: rows arrive roughly in time order, so a BRIN index
+-- is tiny and nearly free to maintain.
+CREATE INDEX metrics_time_brin ON metrics_ingest.metrics USING brin ("timestamp");
+
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metrics', '');
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metrics_id_seq', '');
+REVOKE ALL ON metrics_ingest.metrics FROM PUBLIC;
+REVOKE ALL ON metrics_ingest.metrics_id_seq FROM PUBLIC;
+GRANT SELECT ON metrics_ingest.metrics TO metrics_ingest_reader;
+
+-- Upkeep settings: one row, changed through set_partition_interval and set_retention.
+CREATE TABLE metrics_ingest.settings (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    -- width of partitions made from now on; whole days or hours, no months (date_bin's grid)
+    partition_interval interval NOT NULL DEFAULT '1 day'
+        CHECK (partition_interval >= '1 hour' AND partition_interval <= '366 days'
+               AND pg_catalog.date_part('month', partition_interval) = 0
+               AND pg_catalog.date_part('year', partition_interval) = 0),
+    -- metrics older than this are refused and their partitions dropped; NULL keeps everything
+    retention interval CHECK (retention > '0'),
+    -- dead letters older than this are deleted by run_maintenance; NULL keeps them
+    rejected_retention interval CHECK (rejected_retention > '0')
+);
+INSERT INTO metrics_ingest.settings DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.settings', '');
+REVOKE ALL ON metrics_ingest.settings FROM PUBLIC;
+GRANT SELECT ON metrics_ingest.settings TO metrics_ingest_reader;
+
+-- metrics_ingest: time partitions made on demand, and their upkeep.
+--
+-- metrics is PARTITION BY RANGE ("timestamp"). A partition is made when a row's time falls
+-- in none (by partition_for, which ingest_json and insert_metric call), as CREATE TABLE
+-- followed by ATTACH PARTITION: ATTACH takes SHARE UPDATE EXCLUSIVE on metrics, which does
+-- not conflict with the ROW EXCLUSIVE lock of ingest into existing partitions, where
+-- CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE.
+
+-- Every partition of metrics with its range. Bounds are read back from the catalog's text
+-- form under a fixed TimeZone and DateStyle, so they parse back to the same instants.
+-- Partitions with MINVALUE or MAXVALUE bounds (attached by hand) are listed with NULL there.
+CREATE FUNCTION metrics_ingest.partitions()
+RETURNS TABLE (partition regclass, lower timestamptz, upper timestamptz)
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+SET "TimeZone" = 'UTC'
+SET "DateStyle" = 'ISO'
+AS $$
+    SELECT c.oid::regclass,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'metrics_ingest.metrics'::regclass
+    ORDER BY 2 NULLS FIRST
+$$;
+
+-- The partition that holds rows of time ts, made if there is none. Partitions lie on a grid
+-- of the current partition_interval from 2000-01-01 UTC, cut short where an older partition
+-- of another width already covers part of the cell. Creators take one transaction-level
+-- advisory lock: a second session needing the same partition waits for the first to commit,
+-- then finds it. If the calling transaction rolls back, so does its partition.
+CREATE FUNCTION metrics_ingest.partition_for(ts timestamptz)
+RETURNS regclass
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET "TimeZone" = 'UTC'
+SET "DateStyle" = 'ISO'
+AS $$
+DECLARE
+    found regclass;
+    width interval;
+    cell_lower timestamptz;
+    cell_upper timestamptz;
+    name text;
+BEGIN
+    IF ts < '2000-01-01 00:00:00+00' OR ts >= '2100-01-01 00:00:00+00' THEN
+        RAISE EXCEPTION 'metrics_ingest: % is outside the accepted window [2000-01-01, 2100-01-01)', ts
+            USING ERRCODE = 'datetime_field_overflow';
+    END IF;
+    SELECT p.partition INTO found FROM metrics_ingest.partitions() p
+    WHERE p.lower <= ts AND ts < p.upper;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    -- 'metrics_ingest partitions' in hashtext form is not needed: a fixed key pair is ours.
+    PERFORM pg_advisory_xact_lock(1835365481, 1885434739);
+    SELECT p.partition INTO found FROM metrics_ingest.partitions() p
+    WHERE p.lower <= ts AND ts < p.upper;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    SELECT s.partition_interval INTO width FROM metrics_ingest.settings s;
+    cell_lower := date_bin(width, ts, '2000-01-01 00:00:00+00');
+    cell_upper := cell_lower + width;
+    SELECT greatest(cell_lower, max(p.upper)) INTO cell_lower
+    FROM metrics_ingest.partitions() p WHERE p.upper <= ts;
+    SELECT least(cell_upper, min(p.lower)) INTO cell_upper
+    FROM metrics_ingest.partitions() p WHERE p.lower > ts;
+    name := 'metrics_p' || to_char(cell_lower, 'YYYYMMDD')
+        || CASE WHEN cell_lower = date_trunc('day', cell_lower) THEN ''
+                ELSE to_char(cell_lower, '"_"HH24MISS') END;
+    -- Under REPEATABLE READ the query above may miss a partition another session committed
+    -- after this transaction's snapshot; the catalog lookup by name does not.
+    found := to_regclass(format('metrics_ingest.%I', name));
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    EXECUTE format('CREATE TABLE metrics_ingest.%I (LIKE metrics_ingest.metrics '
+                   'INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)', name);
+    EXECUTE format('ALTER TABLE metrics_ingest.metrics ATTACH PARTITION metrics_ingest.%I '
+                   'FOR VALUES FROM (%L) TO (%L)', name, cell_lower, cell_upper);
+    RETURN format('metrics_ingest.%I', name)::regclass;
+END
+$$;
+
+-- The width of partitions made from now on (existing ones keep theirs).
+CREATE FUNCTION metrics_ingest.set_partition_interval(width interval)
+RETURNS interval
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF date_part('month', width) <> 0 OR date_part('year', width) <> 0
+       OR width < '1 hour' OR width > '366 days' THEN
+        RAISE EXCEPTION 'metrics_ingest: partition interval must be between 1 hour and 366 days, in days and hours, not %', width
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'months vary in length; use days, e.g. ''7 days''';
+    END IF;
+    UPDATE metrics_ingest.settings SET partition_interval = width;
+    RETURN width;
+END
+$$;
+
+-- How long metrics are kept; NULL keeps everything (the default). Elements older than
+-- now() - retention are rejected, and run_maintenance drops partitions entirely older.
+CREATE FUNCTION metrics_ingest.set_retention(keep interval)
+RETURNS interval
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF keep <= '0' THEN
+        RAISE EXCEPTION 'metrics_ingest: retention must be positive or NULL, not %', keep
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE metrics_ingest.settings SET retention = keep;
+    RETURN keep;
+END
+$$;
+
+-- How long dead letters are kept; NULL keeps them (the default).
+CREATE FUNCTION metrics_ingest.set_rejected_retention(keep interval)
+RETURNS interval
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF keep <= '0' THEN
+        RAISE EXCEPTION 'metrics_ingest: rejected retention must be positive or NULL, not %', keep
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE metrics_ingest.settings SET rejected_retention = keep;
+    RETURN keep;
+END
+$$;
+
+-- Upkeep, meant for pg_cron: drops every partition entirely older than the retention
+-- horizon, deletes dead letters older than rejected_retention, and says what it did.
+-- Dropping a partition takes ACCESS EXCLUSIVE on metrics for a moment: it waits for
+-- running ingest transactions and holds new ones back until it commits.
+CREATE FUNCTION metrics_ingest.run_maintenance()
+RETURNS TABLE (action text, object text, detail text)
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET "TimeZone" = 'UTC'
+SET "DateStyle" = 'ISO'
+AS $$
+DECLARE
+    settings metrics_ingest.settings;
+    horizon timestamptz;
+    p record;
+    n bigint;
+BEGIN
+    SELECT * INTO settings FROM metrics_ingest.settings;
+    IF settings.retention IS NOT NULL THEN
+        horizon := now() - settings.retention;
+        FOR p IN SELECT x.partition::text AS name, x.lower, x.upper
+                 FROM metrics_ingest.partitions() x WHERE x.upper <= horizon ORDER BY x.lower LOOP
+            EXECUTE format('DROP TABLE %s', p.name);
+            action := 'dropped partition';
+            object := p.name;
+            detail := format('[%s, %s) is older than the retention horizon %s (retention %s)',
+                             p.lower, p.upper, horizon, settings.retention);
+            RETURN NEXT;
+        END LOOP;
+    END IF;
+    IF settings.rejected_retention IS NOT NULL THEN
+        DELETE FROM metrics_ingest.rejected r WHERE r.rejected_at < now() - settings.rejected_retention;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        action := 'deleted dead letters';
+        object := 'metrics_ingest.rejected';
+        detail := format('%s rejected before %s (rejected retention %s)',
+                         n, now() - settings.rejected_retention, settings.rejected_retention);
+        RETURN NEXT;
+    END IF;
+END
+$$;
+
+-- A change of settings reaches every backend's cached copy, as a change of metric_types does.
+CREATE TRIGGER settings_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON metrics_ingest.settings
+    FOR EACH STATEMENT EXECUTE FUNCTION metrics_ingest.metric_types_changed();
+ALTER TABLE metrics_ingest.settings ENABLE ALWAYS TRIGGER settings_changed;
+
+REVOKE ALL ON FUNCTION metrics_ingest.partitions() FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.partition_for(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.set_partition_interval(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.set_retention(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.set_rejected_retention(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.run_maintenance() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION metrics_ingest.partitions() TO metrics_ingest_reader, metrics_ingest_writer;
+
+-- A partition for every day the 0.1.1 rows cover, then the rows themselves.
+SELECT metrics_ingest.partition_for(day)
+FROM (SELECT DISTINCT pg_catalog.date_bin('1 day', "timestamp", '2000-01-01 00:00:00+00') AS day
+      FROM metrics_ingest.metrics_0_1_1) days
+ORDER BY day;
+
+INSERT INTO metrics_ingest.metrics OVERRIDING SYSTEM VALUE
+    (id, "timestamp", user_id, session_id, metric_type, metric_value, metric_label, device_id,
+     app_version, location, sentiment_score, event_id, attributes, ingested_at)
+SELECT id, "timestamp", user_id, session_id, metric_type, metric_value, metric_label, device_id,
+       app_version, location, sentiment_score, event_id, attributes, ingested_at
+FROM metrics_ingest.metrics_0_1_1;
+
+-- The identity goes on from where 0.1.1's stopped.
+SELECT pg_catalog.setval('metrics_ingest.metrics_id_seq', s.last_value, s.is_called)
+FROM metrics_ingest.metrics_0_1_1_id_seq s;
+
+-- Out of the extension first, which also takes both out of pg_dump's configuration list.
+ALTER EXTENSION metrics_ingest DROP SEQUENCE metrics_ingest.metrics_0_1_1_id_seq;
+ALTER EXTENSION metrics_ingest DROP TABLE metrics_ingest.metrics_0_1_1;
+DROP TABLE metrics_ingest.metrics_0_1_1;
+
+COMMENT ON TABLE metrics_ingest.metrics IS
+    'One row per metric observation. Written by ingest_json and insert_metric; see the README for the columns.';
+COMMENT ON COLUMN metrics_ingest.metrics.metric_label IS
+    'The label as sent for label-valued metrics (e.g. positive), whose score is in metric_value';
+COMMENT ON COLUMN metrics_ingest.metrics.event_id IS
+    'The client''s idempotency key: (user_id, event_id, metric_type, timestamp) is stored at most once';
+COMMENT ON COLUMN metrics_ingest.metrics.attributes IS
+    'Fields of the element that the schema does not know, kept rather than dropped';
+COMMENT ON TABLE metrics_ingest.settings IS
+    'Upkeep settings (one row): partition width, retention of metrics and of dead letters. Change with set_partition_interval, set_retention, set_rejected_retention.';
+COMMENT ON FUNCTION metrics_ingest.partitions() IS
+    'Every partition of metrics with its time range [lower, upper)';
+COMMENT ON FUNCTION metrics_ingest.partition_for(timestamptz) IS
+    'The partition holding a time, made (CREATE TABLE, then ATTACH PARTITION) if there is none; called by ingest_json and insert_metric';
+COMMENT ON FUNCTION metrics_ingest.set_partition_interval(interval) IS
+    'Sets the width of partitions made from now on (1 hour to 366 days, no months); existing partitions keep theirs';
+COMMENT ON FUNCTION metrics_ingest.set_retention(interval) IS
+    'Sets how long metrics are kept (NULL: forever). Older elements are rejected; run_maintenance drops older partitions';
+COMMENT ON FUNCTION metrics_ingest.set_rejected_retention(interval) IS
+    'Sets how long dead letters are kept (NULL: forever); run_maintenance deletes older ones';
+COMMENT ON FUNCTION metrics_ingest.run_maintenance() IS
+    'Upkeep for pg_cron: drops partitions older than the retention, deletes old dead letters; returns what it did';

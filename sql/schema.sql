@@ -86,11 +86,15 @@ CREATE TABLE metrics_ingest.metrics (
     -- fields the schema does not know, kept rather than dropped
     attributes jsonb,
     ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    -- user_id and "timestamp" lead every key, so the table can later be partitioned by
-    -- time and distributed by user without dropping a constraint. This key also serves
+    -- user_id and "timestamp" lead every key, so the table is partitioned by time (and
+    -- can be distributed by user) without dropping a constraint. This key also serves
     -- the commonest query: one user's metrics over a time range.
     CONSTRAINT metrics_pkey PRIMARY KEY (user_id, "timestamp", id)
-);
+) PARTITION BY RANGE ("timestamp");
+-- Partitions are made on demand (metrics_ingest.partition_for, called by ingest_json and
+-- insert_metric when a row's time falls in none), named for the start of their range
+-- (metrics_p20240812), and dropped whole by run_maintenance once older than the retention.
+-- There is deliberately no default partition: late data gets a partition of its own.
 
 -- Idempotency: the same event (user, event_id, metric type, timestamp) is stored at most
 -- once. Partial, so rows without an event_id cost nothing here.
@@ -128,11 +132,27 @@ CREATE TABLE metrics_ingest.rejected (
 CREATE INDEX rejected_at_idx ON metrics_ingest.rejected (rejected_at);
 
 SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected', '');
+
+-- Upkeep settings: one row, changed through set_partition_interval and set_retention.
+CREATE TABLE metrics_ingest.settings (
+    singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    -- width of partitions made from now on; whole days or hours, no months (date_bin's grid)
+    partition_interval interval NOT NULL DEFAULT '1 day'
+        CHECK (partition_interval >= '1 hour' AND partition_interval <= '366 days'
+               AND pg_catalog.date_part('month', partition_interval) = 0
+               AND pg_catalog.date_part('year', partition_interval) = 0),
+    -- metrics older than this are refused and their partitions dropped; NULL keeps everything
+    retention interval CHECK (retention > '0'),
+    -- dead letters older than this are deleted by run_maintenance; NULL keeps them
+    rejected_retention interval CHECK (rejected_retention > '0')
+);
+INSERT INTO metrics_ingest.settings DEFAULT VALUES;
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.settings', '');
 SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected_id_seq', '');
 
 -- Privileges: tables are reachable only through the functions (writer) or read-only (reader).
 REVOKE ALL ON ALL TABLES IN SCHEMA metrics_ingest FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA metrics_ingest FROM PUBLIC;
 GRANT USAGE ON SCHEMA metrics_ingest TO metrics_ingest_writer, metrics_ingest_reader;
-GRANT SELECT ON metrics_ingest.metrics, metrics_ingest.rejected, metrics_ingest.metric_types
-    TO metrics_ingest_reader;
+GRANT SELECT ON metrics_ingest.metrics, metrics_ingest.rejected, metrics_ingest.metric_types,
+    metrics_ingest.settings TO metrics_ingest_reader;

@@ -7,9 +7,10 @@
 
 use pgrx::prelude::*;
 
+use super::datum::{jsonb_text, text_datum};
 use super::errors::{raise, raise_payload, raise_rejection};
 use super::registry_cache::registry;
-use super::writer::{jsonb_text, text_datum, Path, Writer};
+use super::writer::{Path, Writer};
 use crate::core::element::validate_json_element;
 use crate::core::payload::for_each_element;
 
@@ -24,6 +25,8 @@ enum Status {
     Inserted,
     Duplicate,
     Rejected,
+    /// A trigger or rule on metrics kept every row out (INSERT path only).
+    Skipped,
 }
 
 impl Status {
@@ -32,6 +35,7 @@ impl Status {
             Status::Inserted => "inserted",
             Status::Duplicate => "duplicate",
             Status::Rejected => "rejected",
+            Status::Skipped => "skipped",
         }
     }
 }
@@ -107,13 +111,18 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
     let mut writer = Writer::open(Path::Bulk);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let read = for_each_element(payload, |ordinal, raw| {
-        match validate_json_element(raw, &registry) {
+        let validated = validate_json_element(raw, &registry)
+            .and_then(|element| writer.check_retention(&element).map(|()| element));
+        match validated {
             Ok(element) => {
-                let inserted = writer.store(ordinal, &element);
-                let status = if inserted > 0 {
+                let stored = writer.store(ordinal, &element);
+                let inserted = stored.inserted;
+                let status = if stored.inserted > 0 {
                     Status::Inserted
-                } else {
+                } else if stored.duplicate > 0 {
                     Status::Duplicate
+                } else {
+                    Status::Skipped
                 };
                 outcomes.push(Outcome {
                     // A payload is under 1 GB, so it has fewer than 2^32 elements.
@@ -168,8 +177,13 @@ unsafe fn return_outcomes(fcinfo: pg_sys::FunctionCallInfo, outcomes: &[Outcome]
         pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
     );
     // The three statuses are built once; only a rejection has text of its own.
-    let statuses = [Status::Inserted, Status::Duplicate, Status::Rejected]
-        .map(|s| (s, text_datum(s.as_str())));
+    let statuses = [
+        Status::Inserted,
+        Status::Duplicate,
+        Status::Rejected,
+        Status::Skipped,
+    ]
+    .map(|s| (s, text_datum(s.as_str())));
     let caller_context = pg_sys::MemoryContextSwitchTo(row_context);
     for outcome in outcomes {
         let (error, field) = match outcome.rejection.as_deref() {

@@ -5,10 +5,11 @@
 
 use pgrx::prelude::*;
 
+use super::datum::jsonb_text;
 use super::errors::raise_rejection;
 use super::ingest::V1;
 use super::registry_cache::registry;
-use super::writer::{jsonb_text, Path, Writer};
+use super::writer::{Path, Writer};
 use crate::core::element::{validate_call, CallArgs, CallValue};
 use crate::core::error::{Rejection, RejectionKind};
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
@@ -72,6 +73,9 @@ unsafe fn insert(fcinfo: pg_sys::FunctionCallInfo, metric_value: CallValue<'_>) 
         Err(rejection) => raise_rejection(&rejection, None),
     };
     let mut writer = Writer::open(Path::Single);
+    if let Err(rejection) = writer.check_retention(&element) {
+        raise_rejection(&rejection, None);
+    }
     writer.store(1, &element);
     writer.finish();
     pg_sys::Datum::from(0)

@@ -2,31 +2,54 @@
 //! Every SQL object is declared in sql/*.sql; the Rust functions here only
 //! export their C symbols (`sql = false`).
 
+mod citus;
+mod datum;
+mod dead_letters;
 mod direct;
 mod errors;
 mod ingest;
 mod insert_metric;
+mod insert_path;
 mod registry_cache;
+mod settings;
+mod sink;
+mod table;
 mod writer;
 
+#[cfg(any(test, feature = "pg_test"))]
+mod partition_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
 pgrx::extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
 pgrx::extension_sql_file!("../../sql/api.sql", name = "api", requires = ["schema"]);
+pgrx::extension_sql_file!(
+    "../../sql/partitions.sql",
+    name = "partitions",
+    requires = ["api"]
+);
 pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize);
 
-/// Both caches follow the tables they copy: a relcache invalidation of the
-/// table (sent at commit by any change to it) reaches them here.
+/// The caches follow what they copy: a relcache invalidation of a table (sent
+/// at commit by any change to it) reaches them here, and any change to a
+/// function drops the planned defaults and CHECKs, as the plan cache does.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    let callbacks: [pgrx::pg_sys::RelcacheCallbackFunction; 2] = [
+    let callbacks: [pgrx::pg_sys::RelcacheCallbackFunction; 3] = [
         Some(registry_cache::on_relcache_invalidation),
-        Some(direct::on_relcache_invalidation),
+        Some(table::on_relcache_invalidation),
+        Some(settings::on_relcache_invalidation),
     ];
-    for callback in callbacks {
-        unsafe {
-            pgrx::pg_sys::CacheRegisterRelcacheCallback(callback, pgrx::pg_sys::Datum::from(0))
-        };
+    // SAFETY: _PG_init runs once per backend, when the library is loaded;
+    // the callbacks are functions of this library, which is never unloaded.
+    unsafe {
+        for callback in callbacks {
+            pgrx::pg_sys::CacheRegisterRelcacheCallback(callback, pgrx::pg_sys::Datum::from(0));
+        }
+        pgrx::pg_sys::CacheRegisterSyscacheCallback(
+            pgrx::pg_sys::SysCacheIdentifier::PROCOID as i32,
+            Some(table::on_proc_invalidation),
+            pgrx::pg_sys::Datum::from(0),
+        );
     }
 }

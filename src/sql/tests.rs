@@ -46,12 +46,12 @@ mod tests {
     #[pg_test]
     fn creates_every_object() {
         let expected = [
-            ("SELECT count(*) FROM pg_tables WHERE schemaname = 'metrics_ingest'", 3),
+            ("SELECT count(*) FROM pg_tables WHERE schemaname = 'metrics_ingest'", 4),
             ("SELECT count(*) FROM pg_indexes WHERE schemaname = 'metrics_ingest' AND tablename = 'metrics'", 5),
             ("SELECT count(*) FROM pg_roles WHERE rolname IN ('metrics_ingest_writer', 'metrics_ingest_reader')", 2),
-            ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace AND prosecdef", 5),
-            // metrics, rejected, metric_types and both identity sequences are kept by pg_dump
-            ("SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'metrics_ingest'", 5),
+            ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace AND prosecdef", 6),
+            // metrics, rejected, metric_types, settings and both identity sequences are kept by pg_dump
+            ("SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'metrics_ingest'", 6),
             ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace \
               AND prosecdef AND NOT 'search_path=pg_catalog, pg_temp' = ANY(proconfig)", 0),
             ("SELECT count(*) FROM pg_proc p WHERE pronamespace = 'metrics_ingest'::regnamespace \

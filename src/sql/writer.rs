@@ -1,79 +1,36 @@
-//! Storing validated elements and rejected ones.
+//! Storing validated elements: the router over the two sinks.
 //!
-//! Rows go in through the direct path (`direct`) when the table allows it:
-//! buffered multi-inserts for ingest_json, one row at a time for
-//! insert_metric. Otherwise they go in through a kept SPI plan (`INSERT ... ON
-//! CONFLICT DO NOTHING` for rows with an event_id), so PostgreSQL itself
-//! enforces every constraint, default, trigger and the idempotency index.
+//! Each element goes to the partition its timestamp falls in (all rows of an
+//! element share it), made on demand by `metrics_ingest.partition_for` when
+//! there is none. A partition the fast path may write gets a `DirectLeaf`
+//! (one multi-insert buffer per partition, as COPY keeps, at most
+//! `MAX_OPEN_LEAVES` open at once); every other row takes the `InsertPath`.
+//! A plain (unpartitioned) metrics table is its own single leaf.
 
 use std::cell::Cell;
-use std::ffi::{c_char, CString};
+use std::rc::Rc;
 
-use pgrx::pg_sys;
+use pgrx::{pg_sys, PgMemoryContexts};
 
-use super::direct::{Buffered, DirectTable};
+use super::datum::timestamptz_datum;
+use super::dead_letters;
+use super::direct::DirectLeaf;
 use super::errors::raise_internal;
-use crate::core::element::{Context, Measurement, ValidElement};
-use crate::core::error::Rejection;
+use super::insert_path::{kept_plan, InsertPath};
+use super::settings::retention_horizon;
+use super::sink::{Sink, Stored};
+use super::table::{self, Route, TableShape};
+use crate::core::element::ValidElement;
+use crate::core::error::{Rejection, RejectionKind};
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
 
-/// The INSERT of one metric row; `$suffix` ends the statement.
-macro_rules! insert_metric {
-    ($suffix:literal) => {
-        concat!(
-            "INSERT INTO metrics_ingest.metrics (\"timestamp\", user_id, session_id, metric_type, ",
-            "metric_value, metric_label, device_id, app_version, location, sentiment_score, event_id, ",
-            "attributes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            $suffix
-        )
-    };
-}
-// Only rows with an event_id can conflict; the others skip speculative insertion.
-const INSERT_METRIC: &str = insert_metric!("");
-const INSERT_EVENT: &str = insert_metric!(" ON CONFLICT DO NOTHING");
-const INSERT_METRIC_TYPES: [pg_sys::Oid; 12] = [
-    pg_sys::TIMESTAMPTZOID,
-    pg_sys::TEXTOID,
-    pg_sys::TEXTOID,
-    pg_sys::TEXTOID,
-    pg_sys::FLOAT8OID,
-    pg_sys::TEXTOID,
-    pg_sys::TEXTOID,
-    pg_sys::TEXTOID,
-    pg_sys::TEXTOID,
-    pg_sys::FLOAT8OID,
-    pg_sys::TEXTOID,
-    pg_sys::JSONBOID,
-];
+/// Partitions with a buffer of their own at once, as COPY's MAX_PARTITION_BUFFERS.
+const MAX_OPEN_LEAVES: usize = 32;
 
-const INSERT_REJECTED: &str = "INSERT INTO metrics_ingest.rejected \
-    (source, ordinal, element, field, error, sqlstate) VALUES ($1, $2, $3, $4, $5, $6)";
-const INSERT_REJECTED_TYPES: [pg_sys::Oid; 6] = [
-    pg_sys::TEXTOID,
-    pg_sys::INT4OID,
-    pg_sys::TEXTOID,
-    pg_sys::TEXTOID,
-    pg_sys::TEXTOID,
-    pg_sys::TEXTOID,
-];
+const PARTITION_FOR: &str = "SELECT metrics_ingest.partition_for($1)";
 
 thread_local! {
-    // Prepared once per backend and kept: the plan cache replans them if the table changes.
-    static METRIC_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
-    static EVENT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
-    static REJECTED_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
-}
-
-/// Open for the duration of one SQL call: holds the direct path (or, when
-/// needed, an SPI connection) and a memory context reset after every row, so a
-/// 100,000-element call runs in constant memory.
-pub struct Writer {
-    row_context: pg_sys::MemoryContext,
-    caller_context: pg_sys::MemoryContext,
-    direct: Option<DirectTable>,
-    path: Path,
-    /// SPI is connected on first need: the direct path does without it.
-    spi_connected: bool,
+    static PARTITION_FOR_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 /// Which kind of call is writing.
@@ -85,25 +42,59 @@ pub enum Path {
     Single,
 }
 
+#[derive(Clone, Copy)]
+enum Target {
+    Direct(usize),
+    Insert,
+}
+
+/// Open for the duration of one SQL call.
+pub struct Writer {
+    path: Path,
+    table: Rc<TableShape>,
+    routes: Vec<Route>,
+    targets: Vec<(pg_sys::Oid, Target)>,
+    direct: Vec<Box<DirectLeaf>>,
+    insert: Option<Box<InsertPath>>,
+    /// SPI is connected on first need: the fast path does without it.
+    spi_connected: bool,
+    caller_context: pg_sys::MemoryContext,
+    reject_memory: PgMemoryContexts,
+    late_duplicates: Vec<usize>,
+    /// Oldest storable time (timestamptz microseconds) and the retention, if set.
+    horizon: Option<(i64, String)>,
+}
+
 impl Writer {
     pub fn open(path: Path) -> Writer {
-        unsafe {
-            let caller_context = pg_sys::CurrentMemoryContext;
-            let row_context = pg_sys::AllocSetContextCreateExtended(
-                caller_context,
-                c"metrics_ingest row".as_ptr(),
-                pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-                pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-            );
-            let direct = DirectTable::open(path == Path::Bulk);
-            Writer {
-                row_context,
-                caller_context,
-                direct,
-                path,
-                spi_connected: false,
-            }
+        let relid = table::lock_metrics();
+        table::check_insert_privilege(relid);
+        // SAFETY: the table is locked (ROW EXCLUSIVE, until the transaction ends)
+        // and opened only while its shape and partition bounds are read.
+        let (table, routes) = unsafe {
+            let rel = pg_sys::table_open(relid, pg_sys::NoLock as pg_sys::LOCKMODE);
+            let shape = table::table_shape(rel);
+            let routes = if shape.partitioned {
+                table::routes(rel)
+            } else {
+                Vec::new()
+            };
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            (shape, routes)
+        };
+        Writer {
+            path,
+            table,
+            routes,
+            targets: Vec::new(),
+            direct: Vec::new(),
+            insert: None,
+            spi_connected: false,
+            // SAFETY: reading the current context pointer.
+            caller_context: unsafe { pg_sys::CurrentMemoryContext },
+            reject_memory: PgMemoryContexts::new("metrics_ingest dead letter"),
+            late_duplicates: Vec::new(),
+            horizon: retention_horizon(),
         }
     }
 
@@ -111,270 +102,166 @@ impl Writer {
         if self.spi_connected {
             return;
         }
+        // SAFETY: SPI_connect switches to SPI's procedure context; switching
+        // back keeps this call's allocations in its own context until
+        // SPI_finish in `finish` (which returns to the caller's context).
         unsafe {
             if pg_sys::SPI_connect() != pg_sys::SPI_OK_CONNECT as i32 {
                 raise_internal("SPI_connect", "failed");
             }
-            // SPI_finish will come back here; meanwhile our allocations stay ours.
             pg_sys::MemoryContextSwitchTo(self.caller_context);
         }
         self.spi_connected = true;
     }
 
-    /// Stores an element's rows; returns how many were new (the others were
-    /// duplicates of stored events).
-    pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> u32 {
-        let mut inserted = 0;
-        if let Some(direct) = self.direct.as_mut() {
-            if self.path == Path::Bulk {
-                direct.make_room(&element.measurements);
+    /// Refuses an element older than the retention horizon: it would be
+    /// dropped with its partition at the next run_maintenance.
+    pub fn check_retention(&self, element: &ValidElement) -> Result<(), Rejection> {
+        match &self.horizon {
+            Some((horizon, retention)) if element.context.unix_us - PG_EPOCH_OFFSET_US < *horizon => {
+                Err(Rejection::new(
+                    RejectionKind::OutOfRange,
+                    "timestamp",
+                    format!(
+                        "is older than the retention of {retention} (metrics_ingest.set_retention): it would be dropped at the next run_maintenance"
+                    ),
+                ))
             }
-            let attributes = element.context.attributes.as_deref().map(|a| unsafe {
-                let old = pg_sys::MemoryContextSwitchTo(direct.batch_context());
-                let datum = jsonb_datum(a);
-                pg_sys::MemoryContextSwitchTo(old);
-                datum
-            });
-            for measurement in &element.measurements {
-                let written = match self.path {
-                    Path::Bulk => direct.buffer(ordinal, &element.context, measurement, attributes),
-                    Path::Single => direct.insert_now(&element.context, measurement, attributes),
-                };
-                if let Buffered::Inserted = written {
-                    inserted += 1;
-                }
-            }
-            return inserted;
+            _ => Ok(()),
         }
-        self.connect_spi();
-        let plan = match element.context.event_id {
-            Some(_) => kept_plan(&EVENT_PLAN, INSERT_EVENT, &INSERT_METRIC_TYPES),
-            None => kept_plan(&METRIC_PLAN, INSERT_METRIC, &INSERT_METRIC_TYPES),
-        };
-        unsafe {
-            pg_sys::MemoryContextSwitchTo(self.row_context);
-            let attributes = element
-                .context
-                .attributes
-                .as_deref()
-                .map(|a| jsonb_datum(a));
-            for measurement in &element.measurements {
-                let row = MetricRow::new(&element.context, measurement, attributes);
-                let status = pg_sys::SPI_execute_plan(
-                    plan,
-                    row.values.as_ptr().cast_mut(),
-                    row.nulls.as_ptr(),
-                    false,
-                    0,
-                );
-                if status != pg_sys::SPI_OK_INSERT as i32 {
-                    raise_internal("inserting a metric", format!("SPI status {status}"));
-                }
-                // ON CONFLICT DO NOTHING inserted nothing: a duplicate.
-                if pg_sys::SPI_processed == 1 {
-                    inserted += 1;
-                }
-            }
-            pg_sys::MemoryContextSwitchTo(self.caller_context);
-            pg_sys::MemoryContextReset(self.row_context);
-        }
-        inserted
     }
 
+    /// Stores an element's rows (or buffers them for a later flush).
+    pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> Stored {
+        let relid = if self.table.partitioned {
+            self.partition_for(element.context.unix_us - PG_EPOCH_OFFSET_US)
+        } else {
+            self.table.relid
+        };
+        match self.target(relid) {
+            Target::Direct(i) => self.direct[i].put(ordinal, element),
+            Target::Insert => {
+                self.connect_spi();
+                let rules = self.table.has_rules;
+                let stored = self
+                    .insert
+                    .get_or_insert_with(|| Box::new(InsertPath::new(rules)))
+                    .put(ordinal, element);
+                self.back_from_spi();
+                stored
+            }
+        }
+    }
+
+    /// SPI returns to its procedure context after each call; this call's own
+    /// allocations belong in the caller's context.
+    fn back_from_spi(&self) {
+        // SAFETY: the caller's context outlives this writer.
+        unsafe { pg_sys::MemoryContextSwitchTo(self.caller_context) };
+    }
+
+    /// The partition for `pg_us`, made if there is none.
+    fn partition_for(&mut self, pg_us: i64) -> pg_sys::Oid {
+        if let Some(relid) = table::route(&self.routes, pg_us) {
+            return relid;
+        }
+        // Another session may have made it since the bounds were read.
+        self.reload_routes();
+        if let Some(relid) = table::route(&self.routes, pg_us) {
+            return relid;
+        }
+        self.connect_spi();
+        let plan = kept_plan(
+            &PARTITION_FOR_PLAN,
+            PARTITION_FOR,
+            &[pg_sys::TIMESTAMPTZOID],
+        );
+        // SAFETY: SPI is connected; the one parameter is a by-value timestamptz.
+        unsafe {
+            let values = [timestamptz_datum(pg_us + PG_EPOCH_OFFSET_US)];
+            let status =
+                pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), c" ".as_ptr(), false, 1);
+            if status != pg_sys::SPI_OK_SELECT as i32 {
+                raise_internal("making a partition", format!("SPI status {status}"));
+            }
+        }
+        self.back_from_spi();
+        self.reload_routes();
+        table::route(&self.routes, pg_us).unwrap_or_else(|| {
+            raise_internal("making a partition", "no partition after partition_for")
+        })
+    }
+
+    fn reload_routes(&mut self) {
+        // SAFETY: the table is still locked by this transaction; it is opened
+        // only while its partition descriptor is copied.
+        unsafe {
+            pg_sys::AcceptInvalidationMessages();
+            let rel = pg_sys::table_open(self.table.relid, pg_sys::NoLock as pg_sys::LOCKMODE);
+            self.routes = table::routes(rel);
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+
+    fn target(&mut self, relid: pg_sys::Oid) -> Target {
+        if let Some(&(_, target)) = self.targets.iter().rev().find(|(oid, _)| *oid == relid) {
+            return target;
+        }
+        let target = if self.table.insert_path.is_some() {
+            Target::Insert
+        } else {
+            if self.direct.len() == MAX_OPEN_LEAVES {
+                self.close_leaves();
+            }
+            // SAFETY: the partition is opened with the partitioned table's lock mode
+            // only while its layout is read; DirectLeaf::open opens it for writing.
+            let layout = unsafe {
+                let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+                let layout = table::leaf_layout(rel, &self.table);
+                pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+                layout
+            };
+            if layout.insert_path.is_some() {
+                Target::Insert
+            } else {
+                let bulk = self.path == Path::Bulk;
+                let leaf = DirectLeaf::open(relid, Rc::clone(&self.table), layout, bulk);
+                self.direct.push(Box::new(leaf));
+                Target::Direct(self.direct.len() - 1)
+            }
+        };
+        self.targets.push((relid, target));
+        target
+    }
+
+    /// Flushes and closes every open leaf (their partitions stay locked).
+    fn close_leaves(&mut self) {
+        for leaf in self.direct.drain(..) {
+            self.late_duplicates.extend(leaf.finish());
+        }
+        self.targets
+            .retain(|(_, target)| matches!(target, Target::Insert));
+    }
+
+    /// Stores one dead letter.
     pub fn reject(&mut self, source: &str, ordinal: usize, element: &str, rejection: &Rejection) {
         self.connect_spi();
-        let plan = kept_plan(&REJECTED_PLAN, INSERT_REJECTED, &INSERT_REJECTED_TYPES);
-        unsafe {
-            pg_sys::MemoryContextSwitchTo(self.row_context);
-            let values = [
-                text_datum(source),
-                pg_sys::Datum::from(i32::try_from(ordinal).unwrap_or(i32::MAX)),
-                text_datum(element),
-                text_datum(&rejection.field),
-                text_datum(&rejection.message),
-                text_datum(rejection.kind.sqlstate()),
-            ];
-            let nulls = [b' ' as c_char; 6];
-            let status = pg_sys::SPI_execute_plan(
-                plan,
-                values.as_ptr().cast_mut(),
-                nulls.as_ptr(),
-                false,
-                0,
-            );
-            if status != pg_sys::SPI_OK_INSERT as i32 {
-                raise_internal("inserting into rejected", format!("SPI status {status}"));
-            }
-            pg_sys::MemoryContextSwitchTo(self.caller_context);
-            pg_sys::MemoryContextReset(self.row_context);
+        dead_letters::reject(&mut self.reject_memory, source, ordinal, element, rejection);
+        self.back_from_spi();
+    }
+
+    /// Writes what is buffered; returns the ordinals of elements one of whose
+    /// rows turned out, at flush time, to be a duplicate after all (one entry
+    /// per such row).
+    pub fn finish(mut self) -> Vec<usize> {
+        self.close_leaves();
+        if let Some(insert) = self.insert.take() {
+            self.late_duplicates.extend(insert.finish());
         }
-    }
-
-    /// Returns the ordinals of elements one of whose rows turned out, at
-    /// flush time, to be a duplicate after all (one entry per such row).
-    pub fn finish(self) -> Vec<usize> {
-        let late_duplicates = self.direct.map(DirectTable::close).unwrap_or_default();
-        unsafe {
-            pg_sys::MemoryContextDelete(self.row_context);
-            if self.spi_connected {
-                pg_sys::SPI_finish();
-            }
+        if self.spi_connected {
+            // SAFETY: SPI was connected by this writer and is finished once.
+            unsafe { pg_sys::SPI_finish() };
         }
-        late_duplicates
+        std::mem::take(&mut self.late_duplicates)
     }
-}
-
-/// One metric row's parameters, in INSERT_METRIC's order.
-struct MetricRow {
-    values: [pg_sys::Datum; 12],
-    nulls: [c_char; 12],
-}
-
-impl MetricRow {
-    unsafe fn new(
-        context: &Context,
-        measurement: &Measurement,
-        attributes: Option<pg_sys::Datum>,
-    ) -> MetricRow {
-        let mut row = MetricRow {
-            values: [pg_sys::Datum::from(0); 12],
-            nulls: [b' ' as c_char; 12],
-        };
-        for (i, column) in supplied_values(context, measurement, attributes)
-            .into_iter()
-            .enumerate()
-        {
-            match column {
-                Some(datum) => row.values[i] = datum,
-                None => row.nulls[i] = b'n' as c_char,
-            }
-        }
-        row
-    }
-}
-
-/// The values of the columns we supply, in INSERT_METRIC's order (None is NULL).
-/// Text datums are allocated in the current memory context.
-pub unsafe fn supplied_values(
-    context: &Context,
-    measurement: &Measurement,
-    attributes: Option<pg_sys::Datum>,
-) -> [Option<pg_sys::Datum>; 12] {
-    let [user_id, session_id, metric_type, metric_label, device_id, app_version, location, event_id] =
-        text_datums([
-            Some(context.user_id.as_str()),
-            context.session_id.as_deref(),
-            Some(measurement.metric_type.as_str()),
-            measurement.label.as_deref(),
-            context.device_id.as_deref(),
-            context.app_version.as_deref(),
-            context.location.as_deref(),
-            context.event_id.as_deref(),
-        ]);
-    [
-        Some(pg_sys::Datum::from(context.unix_us - PG_EPOCH_OFFSET_US)),
-        user_id,
-        session_id,
-        metric_type,
-        Some(float8_datum(measurement.value)),
-        metric_label,
-        device_id,
-        app_version,
-        location,
-        context.sentiment_score.map(float8_datum),
-        event_id,
-        attributes,
-    ]
-}
-
-/// Text datums for several strings from one palloc: a row's text columns cost
-/// one allocation, and one call into PostgreSQL, instead of one each. The
-/// strings are validated ids and labels, far below varlena's 1 GB limit.
-unsafe fn text_datums<const N: usize>(values: [Option<&str>; N]) -> [Option<pg_sys::Datum>; N] {
-    const HEADER: usize = pg_sys::VARHDRSZ;
-    // Each datum starts on a 4-byte boundary, as its 4-byte header requires.
-    let padded = |len: usize| (HEADER + len + 3) & !3;
-    let mut out = [None; N];
-    let total: usize = values.iter().flatten().map(|s| padded(s.len())).sum();
-    if total == 0 {
-        return out;
-    }
-    let base = pg_sys::palloc(total).cast::<u8>();
-    let mut offset = 0;
-    for (slot, value) in out.iter_mut().zip(values) {
-        if let Some(text) = value {
-            let datum = base.add(offset);
-            pgrx::varlena::set_varsize_4b(datum.cast(), (HEADER + text.len()) as i32);
-            std::ptr::copy_nonoverlapping(text.as_ptr(), datum.add(HEADER), text.len());
-            *slot = Some(pg_sys::Datum::from(datum));
-            offset += padded(text.len());
-        }
-    }
-    out
-}
-
-fn kept_plan(
-    slot: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,
-    query: &str,
-    types: &[pg_sys::Oid],
-) -> pg_sys::SPIPlanPtr {
-    let cached = slot.with(Cell::get);
-    if !cached.is_null() {
-        return cached;
-    }
-    let Ok(query) = CString::new(query) else {
-        raise_internal("preparing", "query has a NUL byte")
-    };
-    unsafe {
-        let plan = pg_sys::SPI_prepare(
-            query.as_ptr(),
-            types.len() as i32,
-            types.as_ptr().cast_mut(),
-        );
-        if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
-            raise_internal(
-                "preparing",
-                format!(
-                    "SPI_prepare failed ({})",
-                    std::ptr::addr_of!(pg_sys::SPI_result).read()
-                ),
-            );
-        }
-        slot.with(|s| s.set(plan));
-        plan
-    }
-}
-
-pub unsafe fn text_datum(value: &str) -> pg_sys::Datum {
-    pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
-        value.as_ptr() as *const c_char,
-        value.len() as i32,
-    ))
-}
-
-fn float8_datum(value: f64) -> pg_sys::Datum {
-    pg_sys::Datum::from(value.to_bits())
-}
-
-/// The core already refused NUL characters, so the CString cannot fail in practice.
-unsafe fn jsonb_datum(json: &str) -> pg_sys::Datum {
-    let Ok(cstring) = CString::new(json) else {
-        raise_internal("attributes", "NUL byte")
-    };
-    pgrx::direct_function_call_as_datum(
-        pg_sys::jsonb_in,
-        &[Some(pg_sys::Datum::from(cstring.as_ptr()))],
-    )
-    .unwrap_or_else(|| raise_internal("attributes", "jsonb_in returned NULL"))
-}
-
-/// jsonb's text form through jsonb_out: no serde_json value in between, so no
-/// nesting limit is hit before the core sees (and judges) the text.
-pub unsafe fn jsonb_text(datum: pg_sys::Datum) -> String {
-    let text = pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(datum)])
-        .unwrap_or_else(|| raise_internal("jsonb_out", "returned NULL"));
-    let cstring = std::ffi::CStr::from_ptr(text.cast_mut_ptr::<c_char>());
-    let owned = cstring.to_string_lossy().into_owned();
-    pg_sys::pfree(text.cast_mut_ptr());
-    owned
 }

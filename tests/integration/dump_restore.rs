@@ -5,7 +5,11 @@ use metrics_ingest_tests::server::{error_text, pg_dump, pg_restore, psql, Client
 
 use crate::support::{count, ingest, texts};
 
-const TABLE_QUERIES: [(&str, &str); 3] = [
+const TABLE_QUERIES: [(&str, &str); 4] = [
+    (
+        "partitions",
+        "SELECT concat_ws(' ', partition, lower, upper) FROM metrics_ingest.partitions() ORDER BY lower",
+    ),
     (
         "metrics",
         "SELECT t::text FROM metrics_ingest.metrics t ORDER BY id",
@@ -119,6 +123,11 @@ fn check_restored(original: &[(&str, Vec<String>)], restored: &TestDb) {
         restored.name()
     );
     assert_eq!(
+        count(&mut c, "SELECT count(*) FROM metrics_ingest.partitions()"),
+        original[0].1.len() as i64 + 1,
+        "restored partitions, and 2024-09-01 made after the restore"
+    );
+    assert_eq!(
         texts(
             &mut c,
             &format!(
@@ -157,7 +166,12 @@ fn custom_format_dump_restores_identically() {
     populate(&source);
     let original = snapshot(&mut source.connect());
     assert_eq!(
-        original[2].1.len(),
+        original[0].1.len(),
+        2,
+        "2024-08-01 and 2024-08-02 (insert_metric's 12:00+02 is 10:00 UTC)"
+    );
+    assert_eq!(
+        original[3].1.len(),
         5,
         "four built-in metric types and screen_shared"
     );

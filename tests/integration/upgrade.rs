@@ -18,13 +18,19 @@ const CATALOG: &[(&str, &str)] = &[
          pg_get_expr(d.adbin, d.adrelid), attidentity) FROM pg_attribute a \
          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
          JOIN pg_class c ON c.oid = a.attrelid \
-         WHERE c.relnamespace = 'metrics_ingest'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped",
+         WHERE c.relnamespace = 'metrics_ingest'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped \
+         AND NOT c.relispartition",
     ),
-    ("indexes", "SELECT indexdef FROM pg_indexes WHERE schemaname = 'metrics_ingest'"),
+    (
+        "indexes",
+        "SELECT indexdef FROM pg_indexes i JOIN pg_class c ON c.oid = format('%I.%I', i.schemaname, i.indexname)::regclass \
+         WHERE schemaname = 'metrics_ingest' AND NOT c.relispartition",
+    ),
     (
         "constraints",
         "SELECT conrelid::regclass || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
-         WHERE connamespace = 'metrics_ingest'::regnamespace",
+         WHERE connamespace = 'metrics_ingest'::regnamespace \
+         AND NOT (SELECT relispartition FROM pg_class WHERE oid = conrelid)",
     ),
     (
         "functions",
@@ -34,7 +40,7 @@ const CATALOG: &[(&str, &str)] = &[
     (
         "table privileges",
         "SELECT relname || coalesce(relacl::text, '') FROM pg_class \
-         WHERE relnamespace = 'metrics_ingest'::regnamespace",
+         WHERE relnamespace = 'metrics_ingest'::regnamespace AND NOT relispartition",
     ),
     (
         "comments",

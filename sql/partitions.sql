@@ -1,0 +1,192 @@
+-- metrics_ingest: time partitions made on demand, and their upkeep.
+--
+-- metrics is PARTITION BY RANGE ("timestamp"). A partition is made when a row's time falls
+-- in none (by partition_for, which ingest_json and insert_metric call), as CREATE TABLE
+-- followed by ATTACH PARTITION: ATTACH takes SHARE UPDATE EXCLUSIVE on metrics, which does
+-- not conflict with the ROW EXCLUSIVE lock of ingest into existing partitions, where
+-- CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE.
+
+-- Every partition of metrics with its range. Bounds are read back from the catalog's text
+-- form under a fixed TimeZone and DateStyle, so they parse back to the same instants.
+-- Partitions with MINVALUE or MAXVALUE bounds (attached by hand) are listed with NULL there.
+CREATE FUNCTION metrics_ingest.partitions()
+RETURNS TABLE (partition regclass, lower timestamptz, upper timestamptz)
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+SET "TimeZone" = 'UTC'
+SET "DateStyle" = 'ISO'
+AS $$
+    SELECT c.oid::regclass,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'metrics_ingest.metrics'::regclass
+    ORDER BY 2 NULLS FIRST
+$$;
+
+-- The partition that holds rows of time ts, made if there is none. Partitions lie on a grid
+-- of the current partition_interval from 2000-01-01 UTC, cut short where an older partition
+-- of another width already covers part of the cell. Creators take one transaction-level
+-- advisory lock: a second session needing the same partition waits for the first to commit,
+-- then finds it. If the calling transaction rolls back, so does its partition.
+CREATE FUNCTION metrics_ingest.partition_for(ts timestamptz)
+RETURNS regclass
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET "TimeZone" = 'UTC'
+SET "DateStyle" = 'ISO'
+AS $$
+DECLARE
+    found regclass;
+    width interval;
+    cell_lower timestamptz;
+    cell_upper timestamptz;
+    name text;
+BEGIN
+    IF ts < '2000-01-01 00:00:00+00' OR ts >= '2100-01-01 00:00:00+00' THEN
+        RAISE EXCEPTION 'metrics_ingest: % is outside the accepted window [2000-01-01, 2100-01-01)', ts
+            USING ERRCODE = 'datetime_field_overflow';
+    END IF;
+    SELECT p.partition INTO found FROM metrics_ingest.partitions() p
+    WHERE p.lower <= ts AND ts < p.upper;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    -- 'metrics_ingest partitions' in hashtext form is not needed: a fixed key pair is ours.
+    PERFORM pg_advisory_xact_lock(1835365481, 1885434739);
+    SELECT p.partition INTO found FROM metrics_ingest.partitions() p
+    WHERE p.lower <= ts AND ts < p.upper;
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    SELECT s.partition_interval INTO width FROM metrics_ingest.settings s;
+    cell_lower := date_bin(width, ts, '2000-01-01 00:00:00+00');
+    cell_upper := cell_lower + width;
+    SELECT greatest(cell_lower, max(p.upper)) INTO cell_lower
+    FROM metrics_ingest.partitions() p WHERE p.upper <= ts;
+    SELECT least(cell_upper, min(p.lower)) INTO cell_upper
+    FROM metrics_ingest.partitions() p WHERE p.lower > ts;
+    name := 'metrics_p' || to_char(cell_lower, 'YYYYMMDD')
+        || CASE WHEN cell_lower = date_trunc('day', cell_lower) THEN ''
+                ELSE to_char(cell_lower, '"_"HH24MISS') END;
+    -- Under REPEATABLE READ the query above may miss a partition another session committed
+    -- after this transaction's snapshot; the catalog lookup by name does not.
+    found := to_regclass(format('metrics_ingest.%I', name));
+    IF found IS NOT NULL THEN
+        RETURN found;
+    END IF;
+    EXECUTE format('CREATE TABLE metrics_ingest.%I (LIKE metrics_ingest.metrics '
+                   'INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)', name);
+    EXECUTE format('ALTER TABLE metrics_ingest.metrics ATTACH PARTITION metrics_ingest.%I '
+                   'FOR VALUES FROM (%L) TO (%L)', name, cell_lower, cell_upper);
+    RETURN format('metrics_ingest.%I', name)::regclass;
+END
+$$;
+
+-- The width of partitions made from now on (existing ones keep theirs).
+CREATE FUNCTION metrics_ingest.set_partition_interval(width interval)
+RETURNS interval
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF date_part('month', width) <> 0 OR date_part('year', width) <> 0
+       OR width < '1 hour' OR width > '366 days' THEN
+        RAISE EXCEPTION 'metrics_ingest: partition interval must be between 1 hour and 366 days, in days and hours, not %', width
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'months vary in length; use days, e.g. ''7 days''';
+    END IF;
+    UPDATE metrics_ingest.settings SET partition_interval = width;
+    RETURN width;
+END
+$$;
+
+-- How long metrics are kept; NULL keeps everything (the default). Elements older than
+-- now() - retention are rejected, and run_maintenance drops partitions entirely older.
+CREATE FUNCTION metrics_ingest.set_retention(keep interval)
+RETURNS interval
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF keep <= '0' THEN
+        RAISE EXCEPTION 'metrics_ingest: retention must be positive or NULL, not %', keep
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE metrics_ingest.settings SET retention = keep;
+    RETURN keep;
+END
+$$;
+
+-- How long dead letters are kept; NULL keeps them (the default).
+CREATE FUNCTION metrics_ingest.set_rejected_retention(keep interval)
+RETURNS interval
+LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF keep <= '0' THEN
+        RAISE EXCEPTION 'metrics_ingest: rejected retention must be positive or NULL, not %', keep
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE metrics_ingest.settings SET rejected_retention = keep;
+    RETURN keep;
+END
+$$;
+
+-- Upkeep, meant for pg_cron: drops every partition entirely older than the retention
+-- horizon, deletes dead letters older than rejected_retention, and says what it did.
+-- Dropping a partition takes ACCESS EXCLUSIVE on metrics for a moment: it waits for
+-- running ingest transactions and holds new ones back until it commits.
+CREATE FUNCTION metrics_ingest.run_maintenance()
+RETURNS TABLE (action text, object text, detail text)
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET "TimeZone" = 'UTC'
+SET "DateStyle" = 'ISO'
+AS $$
+DECLARE
+    settings metrics_ingest.settings;
+    horizon timestamptz;
+    p record;
+    n bigint;
+BEGIN
+    SELECT * INTO settings FROM metrics_ingest.settings;
+    IF settings.retention IS NOT NULL THEN
+        horizon := now() - settings.retention;
+        FOR p IN SELECT x.partition::text AS name, x.lower, x.upper
+                 FROM metrics_ingest.partitions() x WHERE x.upper <= horizon ORDER BY x.lower LOOP
+            EXECUTE format('DROP TABLE %s', p.name);
+            action := 'dropped partition';
+            object := p.name;
+            detail := format('[%s, %s) is older than the retention horizon %s (retention %s)',
+                             p.lower, p.upper, horizon, settings.retention);
+            RETURN NEXT;
+        END LOOP;
+    END IF;
+    IF settings.rejected_retention IS NOT NULL THEN
+        DELETE FROM metrics_ingest.rejected r WHERE r.rejected_at < now() - settings.rejected_retention;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        action := 'deleted dead letters';
+        object := 'metrics_ingest.rejected';
+        detail := format('%s rejected before %s (rejected retention %s)',
+                         n, now() - settings.rejected_retention, settings.rejected_retention);
+        RETURN NEXT;
+    END IF;
+END
+$$;
+
+-- A change of settings reaches every backend's cached copy, as a change of metric_types does.
+CREATE TRIGGER settings_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON metrics_ingest.settings
+    FOR EACH STATEMENT EXECUTE FUNCTION metrics_ingest.metric_types_changed();
+ALTER TABLE metrics_ingest.settings ENABLE ALWAYS TRIGGER settings_changed;
+
+REVOKE ALL ON FUNCTION metrics_ingest.partitions() FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.partition_for(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.set_partition_interval(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.set_retention(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.set_rejected_retention(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.run_maintenance() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION metrics_ingest.partitions() TO metrics_ingest_reader, metrics_ingest_writer;

@@ -1,0 +1,211 @@
+//! Datums from validated values, and the columns the extension supplies: the
+//! leaf every sink builds rows from. Nothing here knows about tables or paths.
+
+use std::ffi::{c_char, CStr, CString};
+
+use pgrx::pg_sys;
+
+use super::errors::raise_internal;
+use crate::core::element::{Context, Measurement};
+use crate::core::timestamp::PG_EPOCH_OFFSET_US;
+
+/// The columns of metrics_ingest.metrics that an element supplies, in the order
+/// of [`supplied_values`] and of the INSERT path's parameters.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Column {
+    Timestamp,
+    UserId,
+    SessionId,
+    MetricType,
+    MetricValue,
+    MetricLabel,
+    DeviceId,
+    AppVersion,
+    Location,
+    SentimentScore,
+    EventId,
+    Attributes,
+}
+
+pub const SUPPLIED: usize = 12;
+
+impl Column {
+    pub const ALL: [Column; SUPPLIED] = [
+        Column::Timestamp,
+        Column::UserId,
+        Column::SessionId,
+        Column::MetricType,
+        Column::MetricValue,
+        Column::MetricLabel,
+        Column::DeviceId,
+        Column::AppVersion,
+        Column::Location,
+        Column::SentimentScore,
+        Column::EventId,
+        Column::Attributes,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Column::Timestamp => "timestamp",
+            Column::UserId => "user_id",
+            Column::SessionId => "session_id",
+            Column::MetricType => "metric_type",
+            Column::MetricValue => "metric_value",
+            Column::MetricLabel => "metric_label",
+            Column::DeviceId => "device_id",
+            Column::AppVersion => "app_version",
+            Column::Location => "location",
+            Column::SentimentScore => "sentiment_score",
+            Column::EventId => "event_id",
+            Column::Attributes => "attributes",
+        }
+    }
+
+    pub fn type_oid(self) -> pg_sys::Oid {
+        match self {
+            Column::Timestamp => pg_sys::TIMESTAMPTZOID,
+            Column::MetricValue | Column::SentimentScore => pg_sys::FLOAT8OID,
+            Column::Attributes => pg_sys::JSONBOID,
+            _ => pg_sys::TEXTOID,
+        }
+    }
+
+    pub fn by_name(name: &CStr) -> Option<Column> {
+        Column::ALL
+            .into_iter()
+            .find(|c| c.name().as_bytes() == name.to_bytes())
+    }
+}
+
+/// The event key, in the order of the unique index that enforces it.
+pub const EVENT_KEY: [Column; 4] = [
+    Column::UserId,
+    Column::EventId,
+    Column::MetricType,
+    Column::Timestamp,
+];
+
+/// A timestamptz datum from microseconds since 1970-01-01 UTC.
+pub fn timestamptz_datum(unix_us: i64) -> pg_sys::Datum {
+    pg_sys::Datum::from(unix_us - PG_EPOCH_OFFSET_US)
+}
+
+/// The values of the supplied columns, in [`Column::ALL`]'s order (None is NULL).
+///
+/// # Safety
+/// Text datums are palloc'd in the current memory context, which must outlive their use.
+pub unsafe fn supplied_values(
+    context: &Context,
+    measurement: &Measurement,
+    attributes: Option<pg_sys::Datum>,
+) -> [Option<pg_sys::Datum>; SUPPLIED] {
+    // SAFETY: the caller's memory context holds the datums (this function's contract).
+    let [user_id, session_id, metric_type, metric_label, device_id, app_version, location, event_id] = unsafe {
+        text_datums([
+            Some(context.user_id.as_str()),
+            context.session_id.as_deref(),
+            Some(measurement.metric_type.as_str()),
+            measurement.label.as_deref(),
+            context.device_id.as_deref(),
+            context.app_version.as_deref(),
+            context.location.as_deref(),
+            context.event_id.as_deref(),
+        ])
+    };
+    [
+        Some(timestamptz_datum(context.unix_us)),
+        user_id,
+        session_id,
+        metric_type,
+        Some(float8_datum(measurement.value)),
+        metric_label,
+        device_id,
+        app_version,
+        location,
+        context.sentiment_score.map(float8_datum),
+        event_id,
+        attributes,
+    ]
+}
+
+/// Text datums for several strings from one palloc: a row's text columns cost
+/// one allocation instead of one each. The strings are validated ids and
+/// labels, far below varlena's 1 GB limit.
+unsafe fn text_datums<const N: usize>(values: [Option<&str>; N]) -> [Option<pg_sys::Datum>; N] {
+    const HEADER: usize = pg_sys::VARHDRSZ;
+    // Each datum starts on a 4-byte boundary, as its 4-byte header requires.
+    let padded = |len: usize| (HEADER + len + 3) & !3;
+    let mut out = [None; N];
+    let total: usize = values.iter().flatten().map(|s| padded(s.len())).sum();
+    if total == 0 {
+        return out;
+    }
+    // SAFETY: palloc raises on failure rather than returning NULL; every write
+    // below stays inside the `total` bytes summed above from the same lengths.
+    unsafe {
+        let base = pg_sys::palloc(total).cast::<u8>();
+        let mut offset = 0;
+        for (slot, value) in out.iter_mut().zip(values) {
+            if let Some(text) = value {
+                let datum = base.add(offset);
+                pgrx::varlena::set_varsize_4b(datum.cast(), (HEADER + text.len()) as i32);
+                std::ptr::copy_nonoverlapping(text.as_ptr(), datum.add(HEADER), text.len());
+                *slot = Some(pg_sys::Datum::from(datum));
+                offset += padded(text.len());
+            }
+        }
+    }
+    out
+}
+
+/// A text datum in the current memory context.
+pub fn text_datum(value: &str) -> pg_sys::Datum {
+    // SAFETY: the pointer and length describe `value`, which outlives the call;
+    // cstring_to_text_with_len copies it into a new palloc'd varlena.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            value.as_ptr() as *const c_char,
+            value.len() as i32,
+        ))
+    }
+}
+
+pub fn float8_datum(value: f64) -> pg_sys::Datum {
+    pg_sys::Datum::from(value.to_bits())
+}
+
+/// A jsonb datum, in the current memory context, from JSON text the core
+/// validated (so the CString cannot meet a NUL byte in practice).
+pub fn jsonb_datum(json: &str) -> pg_sys::Datum {
+    let Ok(cstring) = CString::new(json) else {
+        raise_internal("attributes", "NUL byte")
+    };
+    // SAFETY: jsonb_in takes a NUL-terminated string, which `cstring` is and
+    // keeps alive across the call.
+    unsafe {
+        pgrx::direct_function_call_as_datum(
+            pg_sys::jsonb_in,
+            &[Some(pg_sys::Datum::from(cstring.as_ptr()))],
+        )
+    }
+    .unwrap_or_else(|| raise_internal("attributes", "jsonb_in returned NULL"))
+}
+
+/// jsonb's text form through jsonb_out: no serde_json value in between, so no
+/// nesting limit is hit before the core sees (and judges) the text.
+///
+/// # Safety
+/// `datum` must be a jsonb datum.
+pub unsafe fn jsonb_text(datum: pg_sys::Datum) -> String {
+    // SAFETY: the caller passes a jsonb datum; jsonb_out returns a palloc'd
+    // NUL-terminated string, copied here and then freed.
+    unsafe {
+        let text = pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(datum)])
+            .unwrap_or_else(|| raise_internal("jsonb_out", "returned NULL"));
+        let cstring = CStr::from_ptr(text.cast_mut_ptr::<c_char>());
+        let owned = cstring.to_string_lossy().into_owned();
+        pg_sys::pfree(text.cast_mut_ptr());
+        owned
+    }
+}

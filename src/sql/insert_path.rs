@@ -1,0 +1,179 @@
+//! The INSERT path: rows go in through kept SPI plans of an ordinary INSERT
+//! into metrics_ingest.metrics, so PostgreSQL itself applies every trigger,
+//! rule, policy, default, constraint and partition route. Used for tables and
+//! partitions the fast path cannot write (see `table`).
+//!
+//! Rows with an event_id name the event key as the conflict arbiter, so a
+//! conflict on any other unique index raises instead of passing for a
+//! duplicate. A row that was not stored is reported for what it was: a
+//! duplicate if its event key is stored, otherwise `skipped` (a BEFORE trigger
+//! returned NULL, or a DO INSTEAD rule replaced the INSERT). INSERT ... ON
+//! CONFLICT is refused on tables with INSERT rules (0A000), so there the key
+//! is looked up first and the row inserted plainly; a concurrent duplicate then
+//! raises unique_violation (23505) rather than passing silently.
+
+use std::cell::Cell;
+use std::ffi::{c_char, CString};
+
+use pgrx::{pg_sys, PgMemoryContexts};
+
+use super::datum::{jsonb_datum, supplied_values, Column, SUPPLIED};
+use super::errors::raise_internal;
+use super::sink::{Sink, Stored};
+use crate::core::element::ValidElement;
+
+/// The INSERT of one metric row; `$suffix` ends the statement.
+macro_rules! insert_metric {
+    ($suffix:literal) => {
+        concat!(
+            "INSERT INTO metrics_ingest.metrics (\"timestamp\", user_id, session_id, metric_type, ",
+            "metric_value, metric_label, device_id, app_version, location, sentiment_score, event_id, ",
+            "attributes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            $suffix
+        )
+    };
+}
+const INSERT_PLAIN: &str = insert_metric!("");
+const INSERT_EVENT: &str = insert_metric!(
+    " ON CONFLICT (user_id, event_id, metric_type, \"timestamp\") WHERE event_id IS NOT NULL DO NOTHING"
+);
+/// Parameters 1..4 of the INSERT above, in the event key's order of the probe.
+const EVENT_STORED: &str = "SELECT 1 FROM metrics_ingest.metrics WHERE \"timestamp\" = $1 \
+     AND user_id = $2 AND metric_type = $4 AND event_id = $11";
+
+thread_local! {
+    // Prepared once per backend and kept: the plan cache replans them if the table changes.
+    static PLAIN_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static EVENT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static PROBE_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+fn parameter_types() -> [pg_sys::Oid; SUPPLIED] {
+    Column::ALL.map(Column::type_oid)
+}
+
+/// Writes through SPI; the writer has connected SPI before making one.
+pub struct InsertPath {
+    /// The table has INSERT rules (see the module comment).
+    rules: bool,
+    row_memory: PgMemoryContexts,
+}
+
+impl InsertPath {
+    pub fn new(rules: bool) -> InsertPath {
+        InsertPath {
+            rules,
+            row_memory: PgMemoryContexts::new("metrics_ingest insert path row"),
+        }
+    }
+}
+
+impl Sink for InsertPath {
+    fn put(&mut self, _ordinal: usize, element: &ValidElement) -> Stored {
+        let has_event = element.context.event_id.is_some();
+        let plan = match (has_event, self.rules) {
+            (true, false) => kept_plan(&EVENT_PLAN, INSERT_EVENT, &parameter_types()),
+            _ => kept_plan(&PLAIN_PLAN, INSERT_PLAIN, &parameter_types()),
+        };
+        let mut stored = Stored::default();
+        // SAFETY: every datum is built in the row context, which outlives the SPI
+        // calls using it and is reset once the element is written. The values are
+        // built with the row context current, and the SPI calls made outside it:
+        // SPI returns to its own procedure context after each call, and anything
+        // built after that would stay there until the writer finishes.
+        unsafe {
+            let attributes = element
+                .context
+                .attributes
+                .as_deref()
+                .map(|json| self.row_memory.switch_to(|_| jsonb_datum(json)));
+            for measurement in &element.measurements {
+                let (values, nulls) = self.row_memory.switch_to(|_| {
+                    let supplied = supplied_values(&element.context, measurement, attributes);
+                    (
+                        supplied.map(|d| d.unwrap_or(pg_sys::Datum::from(0))),
+                        supplied.map(|d| if d.is_some() { b' ' } else { b'n' } as c_char),
+                    )
+                });
+                if has_event && self.rules && event_stored(&values, &nulls) {
+                    stored.duplicate += 1;
+                    continue;
+                }
+                let status = pg_sys::SPI_execute_plan(
+                    plan,
+                    values.as_ptr().cast_mut(),
+                    nulls.as_ptr(),
+                    false,
+                    0,
+                );
+                // A DO INSTEAD rule turns the INSERT into other statements.
+                if status != pg_sys::SPI_OK_INSERT as i32
+                    && status != pg_sys::SPI_OK_REWRITTEN as i32
+                {
+                    raise_internal("inserting a metric", format!("SPI status {status}"));
+                }
+                if pg_sys::SPI_processed > 0 && status == pg_sys::SPI_OK_INSERT as i32 {
+                    stored.inserted += 1;
+                } else if has_event && event_stored(&values, &nulls) {
+                    stored.duplicate += 1;
+                } else {
+                    stored.skipped += 1;
+                }
+            }
+            pg_sys::MemoryContextReset(self.row_memory.value());
+        }
+        stored
+    }
+
+    fn finish(self: Box<Self>) -> Vec<usize> {
+        Vec::new()
+    }
+}
+
+/// Whether the row's event key is stored (seen by a fresh snapshot of this command).
+unsafe fn event_stored(values: &[pg_sys::Datum; SUPPLIED], nulls: &[c_char; SUPPLIED]) -> bool {
+    let plan = kept_plan(&PROBE_PLAN, EVENT_STORED, &parameter_types());
+    // SAFETY: the plan takes the same twelve parameters as the INSERT (it reads four).
+    unsafe {
+        let status =
+            pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), nulls.as_ptr(), false, 1);
+        if status != pg_sys::SPI_OK_SELECT as i32 {
+            raise_internal("looking up an event key", format!("SPI status {status}"));
+        }
+        pg_sys::SPI_processed > 0
+    }
+}
+
+/// A plan prepared once per backend and kept (SPI_keepplan).
+pub fn kept_plan(
+    slot: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,
+    query: &str,
+    types: &[pg_sys::Oid],
+) -> pg_sys::SPIPlanPtr {
+    let cached = slot.with(Cell::get);
+    if !cached.is_null() {
+        return cached;
+    }
+    let Ok(query) = CString::new(query) else {
+        raise_internal("preparing", "query has a NUL byte")
+    };
+    // SAFETY: SPI is connected (the caller's duty); the query and types outlive the call.
+    unsafe {
+        let plan = pg_sys::SPI_prepare(
+            query.as_ptr(),
+            types.len() as i32,
+            types.as_ptr().cast_mut(),
+        );
+        if plan.is_null() || pg_sys::SPI_keepplan(plan) != 0 {
+            raise_internal(
+                "preparing",
+                format!(
+                    "SPI_prepare failed ({})",
+                    std::ptr::addr_of!(pg_sys::SPI_result).read()
+                ),
+            );
+        }
+        slot.with(|s| s.set(plan));
+        plan
+    }
+}

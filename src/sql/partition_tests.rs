@@ -1,0 +1,387 @@
+//! Partitions, retention and the choice between the fast path and the INSERT
+//! path, run by `cargo pgrx test` inside a real PostgreSQL. Each test runs in
+//! a transaction of its own that is rolled back at the end.
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn text(sql: &str) -> String {
+        Spi::get_one::<String>(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or_default()
+    }
+
+    fn count(sql: &str) -> i64 {
+        Spi::get_one::<i64>(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .unwrap_or(-1)
+    }
+
+    fn run(sql: &str) {
+        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// ingest_json's verdicts as `status:metrics_stored` (and `:field` when rejected).
+    fn verdicts(payload: &str) -> String {
+        text(&format!(
+            "SELECT string_agg(concat_ws(':', status, metrics_stored, field), ',' ORDER BY ordinal) \
+             FROM metrics_ingest.ingest_json({})",
+            pgrx::spi::quote_literal(payload)
+        ))
+    }
+
+    /// The SQLSTATE a statement raises ("ok" if none), caught in a subtransaction
+    /// (a PL/pgSQL exception block) so the test's transaction goes on.
+    fn sqlstate_of(sql: &str) -> String {
+        run("CREATE OR REPLACE FUNCTION pg_temp.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS \
+             $$BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE; END$$");
+        text(&format!(
+            "SELECT pg_temp.sqlstate_of({})",
+            pgrx::spi::quote_literal(sql)
+        ))
+    }
+
+    fn partitions() -> String {
+        text(
+            "SELECT coalesce(string_agg(format('%s [%s, %s)', partition, lower, upper), '; ' ORDER BY lower), '') \
+             FROM (SELECT partition, to_char(lower AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') AS lower, \
+                          to_char(upper AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') AS upper \
+                   FROM metrics_ingest.partitions()) p",
+        )
+    }
+
+    fn event(user: &str, time: &str, event_id: &str) -> String {
+        format!(
+            r#"{{"user_id":"{user}","timestamp":"{time}","talked_time":1,"event_id":"{event_id}"}}"#
+        )
+    }
+
+    #[pg_test]
+    fn metrics_is_partitioned_by_time_with_no_default_partition() {
+        assert_eq!(
+            text("SELECT pg_get_partkeydef('metrics_ingest.metrics'::regclass)"),
+            "RANGE (\"timestamp\")"
+        );
+        assert_eq!(partitions(), "");
+        assert_eq!(
+            count("SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                   WHERE i.inhparent = 'metrics_ingest.metrics'::regclass AND c.relpartbound IS NOT NULL \
+                   AND pg_get_expr(c.relpartbound, c.oid) = 'DEFAULT'"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn any_time_in_the_window_gets_a_partition_on_demand() {
+        let payload = format!(
+            "[{}, {}, {}, {}, {}]",
+            event("a", "2000-01-01T00:00:00Z", "e1"),
+            event("a", "2021-06-01T14:40:00Z", "e2"),
+            event("a", "2021-06-01T23:59:59.999999Z", "e3"),
+            event("a", "2099-12-31T23:59:59Z", "e4"),
+            // seed 003's epoch: late data from 2021, as a backfill sends it
+            r#"{"user_id":"b","timestamp":1622558400,"talked_time":5}"#,
+        );
+        assert_eq!(
+            verdicts(&payload),
+            "inserted:1,inserted:1,inserted:1,inserted:1,inserted:1"
+        );
+        assert_eq!(
+            partitions(),
+            "metrics_ingest.metrics_p20000101 [2000-01-01 00:00, 2000-01-02 00:00); \
+             metrics_ingest.metrics_p20210601 [2021-06-01 00:00, 2021-06-02 00:00); \
+             metrics_ingest.metrics_p20991231 [2099-12-31 00:00, 2100-01-01 00:00)"
+        );
+        // Each row lies in the partition named for its day.
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics \
+                   WHERE tableoid::regclass::text <> 'metrics_ingest.metrics_p' || to_char(\"timestamp\" AT TIME ZONE 'UTC', 'YYYYMMDD')"),
+            0
+        );
+        // A retry finds the events in their partitions.
+        assert_eq!(
+            verdicts(&format!(
+                "[{}, {}]",
+                event("a", "2000-01-01T00:00:00Z", "e1"),
+                event("a", "2099-12-31T23:59:59Z", "e4")
+            )),
+            "duplicate:0,duplicate:0"
+        );
+        run("CALL metrics_ingest.insert_metric('2012-02-29 12:00:00+00', 'c', NULL, 'talked_time', 3)");
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics_p20120229"),
+            1,
+            "insert_metric makes its partition too"
+        );
+    }
+
+    #[pg_test]
+    fn the_partition_interval_shapes_new_partitions_only() {
+        verdicts(&event("a", "2024-03-05T10:00:00Z", "d"));
+        assert_eq!(
+            text("SELECT metrics_ingest.set_partition_interval('7 days')::text"),
+            "7 days"
+        );
+        // The week's grid cell around 2024-03-05 overlaps the existing day: it is cut short.
+        verdicts(&event("a", "2024-03-06T10:00:00Z", "w1"));
+        verdicts(&event("a", "2024-03-01T10:00:00Z", "w0"));
+        assert_eq!(
+            text("SELECT metrics_ingest.set_partition_interval('1 hour')::text"),
+            "01:00:00"
+        );
+        verdicts(&event("a", "2030-01-01T05:30:00Z", "h"));
+        let listed = partitions();
+        assert!(
+            listed
+                .contains("metrics_ingest.metrics_p20240305 [2024-03-05 00:00, 2024-03-06 00:00)"),
+            "{listed}"
+        );
+        assert!(
+            listed
+                .contains("metrics_ingest.metrics_p20240306 [2024-03-06 00:00, 2024-03-07 00:00)")
+                || listed.contains("[2024-03-06 00:00,"),
+            "{listed}"
+        );
+        assert!(
+            listed.contains(
+                "metrics_ingest.metrics_p20300101_050000 [2030-01-01 05:00, 2030-01-01 06:00)"
+            ),
+            "{listed}"
+        );
+        for bad in ["1 month", "30 minutes", "400 days"] {
+            let error = sqlstate_of(&format!(
+                "SELECT metrics_ingest.set_partition_interval('{bad}')"
+            ));
+            assert_eq!(error, "22023", "{bad}");
+        }
+    }
+
+    #[pg_test]
+    fn retention_refuses_old_elements_and_maintenance_drops_old_partitions() {
+        let day = |days_ago: i32| {
+            text(&format!(
+                "SELECT to_char((now() - interval '{days_ago} days') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"12:00:00\"Z\"')"
+            ))
+        };
+        let old = day(40);
+        let recent = day(2);
+        assert_eq!(
+            verdicts(&format!(
+                "[{}, {}]",
+                event("r", &old, "old"),
+                event("r", &recent, "new")
+            )),
+            "inserted:1,inserted:1"
+        );
+        assert_eq!(
+            text("SELECT metrics_ingest.set_retention('30 days')::text"),
+            "30 days"
+        );
+        let refused = text(&format!(
+            "SELECT concat_ws('|', status, field, error) FROM metrics_ingest.ingest_json({})",
+            pgrx::spi::quote_literal(&event("r", &day(31), "late"))
+        ));
+        assert!(
+            refused.starts_with(
+                "rejected|timestamp|timestamp: is older than the retention of 30 days"
+            ),
+            "{refused}"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.rejected WHERE field = 'timestamp' AND error LIKE '%retention%'"),
+            1
+        );
+        let done = text(
+            "SELECT string_agg(action || ' ' || object, '; ' ORDER BY object) FROM metrics_ingest.run_maintenance()",
+        );
+        let old_partition = format!("metrics_ingest.metrics_p{}", old[..10].replace('-', ""));
+        assert_eq!(done, format!("dropped partition {old_partition}"));
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'r'"),
+            1
+        );
+        assert_eq!(
+            text(
+                "SELECT string_agg(event_id, ',') FROM metrics_ingest.metrics WHERE user_id = 'r'"
+            ),
+            "new"
+        );
+        // Dead letters by age, when asked for.
+        run("UPDATE metrics_ingest.rejected SET rejected_at = now() - interval '100 days'");
+        run("SELECT metrics_ingest.set_rejected_retention('90 days')");
+        let done = text("SELECT string_agg(action || ': ' || detail, '; ') FROM metrics_ingest.run_maintenance()");
+        assert!(
+            done.starts_with("deleted dead letters: 1 rejected before"),
+            "{done}"
+        );
+        assert_eq!(count("SELECT count(*) FROM metrics_ingest.rejected"), 0);
+        run("SELECT metrics_ingest.set_retention(NULL)");
+        assert_eq!(
+            verdicts(&event("r", &day(31), "late")),
+            "inserted:1",
+            "NULL keeps everything again"
+        );
+    }
+
+    #[pg_test]
+    fn a_partition_with_a_trigger_takes_the_insert_path_for_its_rows() {
+        verdicts(&format!(
+            "[{}, {}]",
+            event("t", "2024-01-01T10:00:00Z", "t1"),
+            event("t", "2024-01-02T10:00:00Z", "t2")
+        ));
+        run(
+            "CREATE FUNCTION pg_temp.mark() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN NEW.location := 'through INSERT'; RETURN NEW; END$$",
+        );
+        run(
+            "CREATE TRIGGER mark BEFORE INSERT ON metrics_ingest.metrics_p20240101 \
+             FOR EACH ROW EXECUTE FUNCTION pg_temp.mark()",
+        );
+        assert_eq!(
+            verdicts(&format!(
+                "[{}, {}, {}]",
+                event("t", "2024-01-01T11:00:00Z", "t3"),
+                event("t", "2024-01-02T11:00:00Z", "t4"),
+                event("t", "2024-01-01T10:00:00Z", "t1")
+            )),
+            "inserted:1,inserted:1,duplicate:0"
+        );
+        assert_eq!(
+            text("SELECT string_agg(event_id || '=' || coalesce(location, '-'), ',' ORDER BY event_id) \
+                  FROM metrics_ingest.metrics WHERE user_id = 't'"),
+            "t1=-,t2=-,t3=through INSERT,t4=-"
+        );
+    }
+
+    #[pg_test]
+    fn the_insert_path_reports_what_really_happened() {
+        verdicts(&event("s", "2024-01-01T10:00:00Z", "s0"));
+        run(
+            "CREATE FUNCTION pg_temp.drop_quiet() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN IF NEW.user_id = 'quiet' THEN RETURN NULL; END IF; RETURN NEW; END$$",
+        );
+        run(
+            "CREATE TRIGGER drop_quiet BEFORE INSERT ON metrics_ingest.metrics_p20240101 \
+             FOR EACH ROW EXECUTE FUNCTION pg_temp.drop_quiet()",
+        );
+        // A trigger returning NULL kept the row out: neither inserted nor a duplicate.
+        assert_eq!(
+            verdicts(
+                r#"[{"user_id":"quiet","timestamp":"2024-01-01T10:00:00Z","talked_time":1},
+                         {"user_id":"quiet","timestamp":"2024-01-01T10:00:00Z","talked_time":1,"event_id":"q"},
+                         {"user_id":"s","timestamp":"2024-01-01T10:00:00Z","talked_time":1,"event_id":"s0"}]"#
+            ),
+            "skipped:0,skipped:0,duplicate:0"
+        );
+        // A conflict on another unique index is an error, not a duplicate.
+        run("CREATE UNIQUE INDEX one_per_second ON metrics_ingest.metrics (user_id, \"timestamp\", metric_type)");
+        let error = sqlstate_of(&format!(
+            "SELECT * FROM metrics_ingest.ingest_json({})",
+            pgrx::spi::quote_literal(&event("s", "2024-01-01T10:00:00Z", "s-other"))
+        ));
+        assert_eq!(error, "23505");
+    }
+
+    #[pg_test]
+    fn rules_send_the_table_to_the_insert_path() {
+        run("CREATE TABLE pg_temp.audit (user_id text)");
+        run(
+            "CREATE RULE also_audit AS ON INSERT TO metrics_ingest.metrics \
+             DO ALSO INSERT INTO pg_temp.audit VALUES (NEW.user_id)",
+        );
+        assert_eq!(
+            verdicts(&format!(
+                "[{}, {}]",
+                event("ru", "2024-01-01T10:00:00Z", "r1"),
+                event("ru", "2024-01-01T10:00:00Z", "r1")
+            )),
+            "inserted:1,duplicate:0"
+        );
+        assert_eq!(count("SELECT count(*) FROM pg_temp.audit"), 1);
+        run("DROP RULE also_audit ON metrics_ingest.metrics");
+        run("CREATE RULE nothing AS ON INSERT TO metrics_ingest.metrics DO INSTEAD NOTHING");
+        assert_eq!(
+            verdicts(&event("ru", "2024-01-01T11:00:00Z", "r2")),
+            "skipped:0"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'ru'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn a_not_null_domain_column_is_enforced_as_insert_would() {
+        run("CREATE DOMAIN pg_temp.required AS text NOT NULL");
+        run("ALTER TABLE metrics_ingest.metrics ADD COLUMN region pg_temp.required");
+        let error = sqlstate_of(&format!(
+            "SELECT * FROM metrics_ingest.ingest_json({})",
+            pgrx::spi::quote_literal(&event("dom", "2024-01-01T10:00:00Z", "x"))
+        ));
+        assert_eq!(error, "23502");
+    }
+
+    #[pg_test]
+    fn a_replaced_default_function_is_seen_by_the_next_call() {
+        run("CREATE FUNCTION public.metrics_test_tag() RETURNS text LANGUAGE sql IMMUTABLE AS $$SELECT 'first'$$");
+        run("ALTER TABLE metrics_ingest.metrics ADD COLUMN tag text DEFAULT public.metrics_test_tag()");
+        verdicts(&event("f", "2024-01-01T10:00:00Z", "f1"));
+        run("CREATE OR REPLACE FUNCTION public.metrics_test_tag() RETURNS text LANGUAGE sql IMMUTABLE AS $$SELECT 'second'$$");
+        verdicts(&event("f", "2024-01-01T11:00:00Z", "f2"));
+        assert_eq!(
+            text("SELECT string_agg(event_id || '=' || tag, ',' ORDER BY event_id) FROM metrics_ingest.metrics WHERE user_id = 'f'"),
+            "f1=first,f2=second"
+        );
+    }
+
+    #[pg_test]
+    fn every_unique_index_on_the_event_key_is_an_arbiter() {
+        verdicts(&event("k", "2024-01-01T10:00:00Z", "k1"));
+        // As REINDEX CONCURRENTLY's new copy would be: a second ready index on the key.
+        run(
+            "CREATE UNIQUE INDEX metrics_event_key_copy ON metrics_ingest.metrics \
+             (user_id, event_id, metric_type, \"timestamp\") WHERE event_id IS NOT NULL",
+        );
+        assert_eq!(
+            verdicts(&event("k", "2024-01-01T10:00:00Z", "k1")),
+            "duplicate:0"
+        );
+        run("ALTER INDEX metrics_ingest.metrics_event_key RENAME TO renamed_event_key");
+        assert_eq!(
+            verdicts(&event("k", "2024-01-01T10:00:00Z", "k1")),
+            "duplicate:0"
+        );
+        assert_eq!(
+            verdicts(&event("k", "2024-01-01T10:00:01Z", "k2")),
+            "inserted:1"
+        );
+    }
+
+    #[pg_test]
+    fn a_one_user_one_day_query_reads_one_partition() {
+        for day in ["2024-01-01", "2024-01-02", "2024-01-03"] {
+            verdicts(&event("q", &format!("{day}T10:00:00Z"), day));
+        }
+        run("ANALYZE metrics_ingest.metrics");
+        let plan = Spi::connect(|client| {
+            let lines = client.select(
+                "EXPLAIN SELECT * FROM metrics_ingest.metrics WHERE user_id = 'q' \
+                 AND \"timestamp\" >= '2024-01-02 00:00:00+00' AND \"timestamp\" < '2024-01-03 00:00:00+00'",
+                None,
+                &[],
+            )?;
+            lines
+                .map(|row| row.get::<String>(1).map(Option::unwrap_or_default))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("explain")
+        .join("\n");
+        assert!(plan.contains("metrics_p20240102"), "{plan}");
+        assert!(
+            !plan.contains("metrics_p20240101") && !plan.contains("metrics_p20240103"),
+            "{plan}"
+        );
+    }
+}
