@@ -38,7 +38,7 @@ use pgrx::{pg_sys, PgMemoryContexts};
 
 use super::datum::{jsonb_datum, supplied_values, Column, EVENT_KEY};
 use super::errors::raise_internal;
-use super::sink::{Sink, Stored};
+use super::sink::{Repeat, Sink, Stored};
 use super::table::{LeafLayout, TableShape};
 use crate::core::element::{Context, Measurement, ValidElement};
 
@@ -86,7 +86,9 @@ pub struct DirectLeaf {
     /// The element each buffered row came from, to correct its verdict if a
     /// race turns the row into a duplicate at flush time.
     buffered_ordinals: Vec<usize>,
-    late_duplicates: Vec<usize>,
+    late_repeats: Vec<(usize, Repeat)>,
+    /// Holds a stored row while it is compared with a repeat of its event.
+    stored_slot: *mut pg_sys::TupleTableSlot,
     /// Probe the event index before buffering (see the module comment).
     probe_first: bool,
     batch_context: PgMemoryContexts,
@@ -167,7 +169,8 @@ impl DirectLeaf {
                 slots: Vec::new(),
                 buffered_events: 0,
                 buffered_ordinals: Vec::with_capacity(if bulk { MAX_BUFFERED } else { 0 }),
-                late_duplicates: Vec::new(),
+                late_repeats: Vec::new(),
+                stored_slot: null_mut(),
                 probe_first: false,
                 batch_context: PgMemoryContexts::new("metrics_ingest batch"),
             }
@@ -236,8 +239,10 @@ impl DirectLeaf {
         }
     }
 
-    /// Whether the row in `slot` has an event key already stored (or being stored).
-    unsafe fn key_taken(&mut self, slot: *mut pg_sys::TupleTableSlot) -> bool {
+    /// Whether the row in `slot` has an event key already stored (or being
+    /// stored, in which case this waits for that transaction, as INSERT ... ON
+    /// CONFLICT does), and if so whether the stored row has the same values.
+    unsafe fn repeat_of(&mut self, slot: *mut pg_sys::TupleTableSlot) -> Option<Repeat> {
         // SAFETY: the slot holds a complete row of this relation; the arbiters
         // are indexes opened by ExecOpenIndices on it.
         unsafe {
@@ -250,7 +255,49 @@ impl DirectLeaf {
                 self.arbiters,
             );
             pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
-            !free
+            (!free).then(|| self.compare_stored(slot, conflict))
+        }
+    }
+
+    /// Compares a row with the stored row of the same event key, at `tid`.
+    unsafe fn compare_stored(
+        &mut self,
+        slot: *mut pg_sys::TupleTableSlot,
+        mut tid: pg_sys::ItemPointerData,
+    ) -> Repeat {
+        if self.stored_slot.is_null() {
+            // SAFETY: made for this relation, in the EState's tuple table.
+            self.stored_slot =
+                unsafe { pg_sys::table_slot_create(self.rel, &mut (*self.estate).es_tupleTable) };
+        }
+        let stored = self.stored_slot;
+        // SAFETY: the TID came from the arbiter index just now; SnapshotAny
+        // fetches the version it points to whatever its visibility (the
+        // arbiter check already waited for its inserter). Both slots belong to
+        // this relation, so attribute indexes from the layout are in range.
+        unsafe {
+            let found = pg_sys::table_tuple_fetch_row_version(
+                self.rel,
+                &mut tid,
+                &raw mut pg_sys::SnapshotAnyData,
+                stored,
+            );
+            if !found {
+                return Repeat::Duplicate;
+            }
+            refuse_if_invisible(self.rel, stored);
+            pg_sys::slot_getallattrs(stored);
+            let differs = COMPARED.into_iter().find(|&column| {
+                let i = self.layout.attribute_of[column as usize];
+                let (a_null, b_null) = (*(*slot).tts_isnull.add(i), *(*stored).tts_isnull.add(i));
+                if a_null || b_null {
+                    return a_null != b_null;
+                }
+                let (a, b) = (*(*slot).tts_values.add(i), *(*stored).tts_values.add(i));
+                !same_value(column, a, b)
+            });
+            pg_sys::ExecClearTuple(stored);
+            differs.map_or(Repeat::Duplicate, Repeat::Conflict)
         }
     }
 
@@ -299,8 +346,8 @@ impl DirectLeaf {
             }
             if raced {
                 for i in 0..self.buffered() {
-                    if !self.insert_one(self.slots[i]) {
-                        self.late_duplicates.push(self.buffered_ordinals[i]);
+                    if let Some(repeat) = self.insert_one(self.slots[i]) {
+                        self.late_repeats.push((self.buffered_ordinals[i], repeat));
                     }
                 }
             }
@@ -358,8 +405,8 @@ impl DirectLeaf {
                         &mut (*slot).tts_tid,
                         pg_sys::GetActiveSnapshot(),
                     );
-                    if !self.insert_one(slot) {
-                        self.late_duplicates.push(self.buffered_ordinals[i]);
+                    if let Some(repeat) = self.insert_one(slot) {
+                        self.late_repeats.push((self.buffered_ordinals[i], repeat));
                     }
                     self.probe_first = true;
                     continue;
@@ -370,8 +417,8 @@ impl DirectLeaf {
         }
     }
 
-    /// One row through speculative insertion: true if stored, false if a duplicate.
-    unsafe fn insert_one(&mut self, slot: *mut pg_sys::TupleTableSlot) -> bool {
+    /// One row through speculative insertion: None if stored, else what it repeats.
+    unsafe fn insert_one(&mut self, slot: *mut pg_sys::TupleTableSlot) -> Option<Repeat> {
         // SAFETY: the slot holds a complete row of this relation; the speculative
         // insertion lock is taken and released around the insertion, and the
         // tuple is completed (kept or super-deleted) before the lock goes, as
@@ -393,11 +440,11 @@ impl DirectLeaf {
                 );
                 pg_sys::list_free(recheck);
                 pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
-                return true;
+                return None;
             }
             loop {
-                if self.key_taken(slot) {
-                    return false;
+                if let Some(repeat) = self.repeat_of(slot) {
+                    return Some(repeat);
                 }
                 let xid = pg_sys::GetCurrentTransactionId();
                 let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
@@ -424,28 +471,28 @@ impl DirectLeaf {
                 pg_sys::list_free(recheck);
                 pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
                 if !conflict {
-                    return true;
+                    return None;
                 }
             }
         }
     }
 
-    /// One row, written at once (insert_metric).
+    /// One row, written at once (insert_metric): None if stored, else what it repeats.
     fn insert_now(
         &mut self,
         context: &Context,
         measurement: &Measurement,
         attributes: Option<pg_sys::Datum>,
-    ) -> bool {
+    ) -> Option<Repeat> {
         let slot = self.slot(0);
         // SAFETY: slot 0 belongs to this relation; it is cleared and the batch
         // memory reset once the row is written.
         unsafe {
             self.fill(slot, context, measurement, attributes);
-            let inserted = self.insert_one(slot);
+            let repeat = self.insert_one(slot);
             pg_sys::ExecClearTuple(slot);
             pg_sys::MemoryContextReset(self.batch_context.value());
-            inserted
+            repeat
         }
     }
 }
@@ -466,10 +513,9 @@ impl Sink for DirectLeaf {
         let has_event = element.context.event_id.is_some();
         for measurement in &element.measurements {
             if !self.bulk {
-                if self.insert_now(&element.context, measurement, attributes) {
-                    stored.inserted += 1;
-                } else {
-                    stored.duplicate += 1;
+                match self.insert_now(&element.context, measurement, attributes) {
+                    None => stored.inserted += 1,
+                    Some(repeat) => stored.repeat(repeat),
                 }
                 continue;
             }
@@ -477,10 +523,12 @@ impl Sink for DirectLeaf {
             // SAFETY: the slot is the next free one of this relation's buffer.
             unsafe {
                 self.fill(slot, &element.context, measurement, attributes);
-                if has_event && self.probe_first && self.key_taken(slot) {
-                    pg_sys::ExecClearTuple(slot);
-                    stored.duplicate += 1;
-                    continue;
+                if has_event && self.probe_first {
+                    if let Some(repeat) = self.repeat_of(slot) {
+                        pg_sys::ExecClearTuple(slot);
+                        stored.repeat(repeat);
+                        continue;
+                    }
                 }
             }
             if has_event {
@@ -492,7 +540,7 @@ impl Sink for DirectLeaf {
         stored
     }
 
-    fn finish(mut self: Box<Self>) -> Vec<usize> {
+    fn finish(mut self: Box<Self>) -> Vec<(usize, Repeat)> {
         self.flush();
         // SAFETY: everything opened in `open` is released once, in reverse order;
         // the relation stays locked until the transaction ends (NoLock).
@@ -506,7 +554,68 @@ impl Sink for DirectLeaf {
             pg_sys::FreeExecutorState(self.estate);
             pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
-        std::mem::take(&mut self.late_duplicates)
+        std::mem::take(&mut self.late_repeats)
+    }
+}
+
+/// Under REPEATABLE READ or SERIALIZABLE, a stored event this transaction's
+/// snapshot cannot see (committed by another transaction after it began) is
+/// a serialization failure (40001), exactly as for INSERT ... ON CONFLICT DO
+/// NOTHING: the client retries the transaction, which then sees the event and
+/// reports it `duplicate`.
+unsafe fn refuse_if_invisible(rel: pg_sys::Relation, stored: *mut pg_sys::TupleTableSlot) {
+    // SAFETY: `stored` holds a row of `rel` fetched just now; the active
+    // snapshot is the statement's (pushed by the executor around this call).
+    unsafe {
+        if pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32 {
+            return;
+        }
+        if pg_sys::table_tuple_satisfies_snapshot(rel, stored, pg_sys::GetActiveSnapshot()) {
+            return;
+        }
+        let tuple = pg_sys::ExecFetchSlotHeapTuple(stored, false, null_mut());
+        let xmin = (*(*tuple).t_data).t_choice.t_heap.t_xmin;
+        if !pg_sys::TransactionIdIsCurrentTransactionId(xmin) {
+            super::errors::raise(
+                pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                "could not serialize access due to concurrent insert of the same event".into(),
+            );
+        }
+    }
+}
+
+/// The supplied columns outside the event key: a repeat of an event is a
+/// duplicate when all of them are equal to the stored row's.
+const COMPARED: [Column; 8] = [
+    Column::MetricValue,
+    Column::MetricLabel,
+    Column::SessionId,
+    Column::DeviceId,
+    Column::AppVersion,
+    Column::Location,
+    Column::SentimentScore,
+    Column::Attributes,
+];
+
+/// Whether two values of a column are the same: numbers as float8's = does,
+/// text and jsonb by their bytes (jsonb's binary form is canonical: keys
+/// sorted, duplicates gone), once detoasted.
+unsafe fn same_value(column: Column, a: pg_sys::Datum, b: pg_sys::Datum) -> bool {
+    if column.type_oid() == pg_sys::FLOAT8OID {
+        return f64::from_bits(a.value() as u64) == f64::from_bits(b.value() as u64);
+    }
+    // SAFETY: both datums are non-null varlenas of the column's type (the
+    // caller checked the nulls); detoasting copies them if they are compressed
+    // or out of line, and the byte slices live as long as those copies.
+    unsafe {
+        let bytes = |datum: pg_sys::Datum| {
+            let value = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+            std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(value).cast::<u8>(),
+                pgrx::varlena::varsize_any_exhdr(value),
+            )
+        };
+        bytes(a) == bytes(b)
     }
 }
 

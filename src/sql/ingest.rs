@@ -7,9 +7,10 @@
 
 use pgrx::prelude::*;
 
-use super::datum::{jsonb_text, text_datum};
+use super::datum::{jsonb_text, text_datum, Column};
 use super::errors::{raise, raise_payload, raise_rejection};
 use super::registry_cache::registry;
+use super::sink::Repeat;
 use super::writer::{Path, Writer};
 use crate::core::element::validate_json_element;
 use crate::core::payload::for_each_element;
@@ -27,6 +28,8 @@ enum Status {
     Rejected,
     /// A trigger or rule on metrics kept every row out (INSERT path only).
     Skipped,
+    /// The event is stored with other values; this repeat stored nothing.
+    Conflict,
 }
 
 impl Status {
@@ -36,6 +39,7 @@ impl Status {
             Status::Duplicate => "duplicate",
             Status::Rejected => "rejected",
             Status::Skipped => "skipped",
+            Status::Conflict => "conflict",
         }
     }
 }
@@ -116,8 +120,9 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
         match validated {
             Ok(element) => {
                 let stored = writer.store(ordinal, &element);
-                let inserted = stored.inserted;
-                let status = if stored.inserted > 0 {
+                let status = if stored.conflict.is_some() {
+                    Status::Conflict
+                } else if stored.inserted > 0 {
                     Status::Inserted
                 } else if stored.duplicate > 0 {
                     Status::Duplicate
@@ -128,8 +133,8 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
                     // A payload is under 1 GB, so it has fewer than 2^32 elements.
                     ordinal: ordinal as u32,
                     status,
-                    rejection: None,
-                    metrics_stored: inserted,
+                    rejection: stored.conflict.map(conflict_report),
+                    metrics_stored: stored.inserted,
                 });
             }
             Err(rejection) => {
@@ -150,18 +155,34 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
     if let Err(error) = read {
         raise_payload(&error);
     }
-    for ordinal in writer.finish() {
-        // A row that lost a race at flush time: the element stored fewer rows than
-        // it was credited with, and none at all makes it a duplicate. Ordinals are
-        // the positions in `outcomes`, one outcome per element.
+    for (ordinal, repeat) in writer.finish() {
+        // A row found at flush time to repeat a stored event: the element stored
+        // fewer rows than it was credited with; none at all makes it a duplicate.
+        // Ordinals are the positions in `outcomes`, one outcome per element.
         if let Some(outcome) = outcomes.get_mut(ordinal - 1) {
             outcome.metrics_stored = outcome.metrics_stored.saturating_sub(1);
-            if outcome.metrics_stored == 0 {
+            if let Repeat::Conflict(column) = repeat {
+                if outcome.status != Status::Conflict {
+                    outcome.status = Status::Conflict;
+                    outcome.rejection = Some(conflict_report(column));
+                }
+            } else if outcome.metrics_stored == 0 && outcome.status == Status::Inserted {
                 outcome.status = Status::Duplicate;
             }
         }
     }
     outcomes
+}
+
+/// (error, field) of a conflicting repeat.
+fn conflict_report(column: Column) -> Box<(String, String)> {
+    Box::new((
+        format!(
+            "{}: differs from the stored event with this event_id; nothing was stored for it",
+            column.name()
+        ),
+        column.name().to_string(),
+    ))
 }
 
 unsafe fn return_outcomes(fcinfo: pg_sys::FunctionCallInfo, outcomes: &[Outcome]) -> pg_sys::Datum {

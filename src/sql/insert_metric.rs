@@ -6,7 +6,7 @@
 use pgrx::prelude::*;
 
 use super::datum::jsonb_text;
-use super::errors::raise_rejection;
+use super::errors::{raise, raise_rejection};
 use super::ingest::V1;
 use super::registry_cache::registry;
 use super::writer::{Path, Writer};
@@ -76,7 +76,17 @@ unsafe fn insert(fcinfo: pg_sys::FunctionCallInfo, metric_value: CallValue<'_>) 
     if let Err(rejection) = writer.check_retention(&element) {
         raise_rejection(&rejection, None);
     }
-    writer.store(1, &element);
+    let stored = writer.store(1, &element);
     writer.finish();
+    if let Some(column) = stored.conflict {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            format!(
+                "event_id {:?}: {} differs from the stored event with this event_id; nothing was stored",
+                element.context.event_id.as_deref().unwrap_or_default(),
+                column.name()
+            ),
+        );
+    }
     pg_sys::Datum::from(0)
 }

@@ -19,7 +19,7 @@ use pgrx::{pg_sys, PgMemoryContexts};
 
 use super::datum::{jsonb_datum, supplied_values, Column, SUPPLIED};
 use super::errors::raise_internal;
-use super::sink::{Sink, Stored};
+use super::sink::{Repeat, Sink, Stored};
 use crate::core::element::ValidElement;
 
 /// The INSERT of one metric row; `$suffix` ends the statement.
@@ -37,8 +37,18 @@ const INSERT_PLAIN: &str = insert_metric!("");
 const INSERT_EVENT: &str = insert_metric!(
     " ON CONFLICT (user_id, event_id, metric_type, \"timestamp\") WHERE event_id IS NOT NULL DO NOTHING"
 );
-/// Parameters 1..4 of the INSERT above, in the event key's order of the probe.
-const EVENT_STORED: &str = "SELECT 1 FROM metrics_ingest.metrics WHERE \"timestamp\" = $1 \
+/// The stored row of an event key (the INSERT's parameters $1, $2, $4, $11):
+/// '' when its other columns equal the new row's, else the first that differs.
+const EVENT_STORED: &str = "SELECT CASE \
+     WHEN metric_value IS DISTINCT FROM $5 THEN 'metric_value' \
+     WHEN metric_label IS DISTINCT FROM $6 THEN 'metric_label' \
+     WHEN session_id IS DISTINCT FROM $3 THEN 'session_id' \
+     WHEN device_id IS DISTINCT FROM $7 THEN 'device_id' \
+     WHEN app_version IS DISTINCT FROM $8 THEN 'app_version' \
+     WHEN location IS DISTINCT FROM $9 THEN 'location' \
+     WHEN sentiment_score IS DISTINCT FROM $10 THEN 'sentiment_score' \
+     WHEN attributes IS DISTINCT FROM $12 THEN 'attributes' ELSE '' END \
+     FROM metrics_ingest.metrics WHERE \"timestamp\" = $1 \
      AND user_id = $2 AND metric_type = $4 AND event_id = $11";
 
 thread_local! {
@@ -95,9 +105,11 @@ impl Sink for InsertPath {
                         supplied.map(|d| if d.is_some() { b' ' } else { b'n' } as c_char),
                     )
                 });
-                if has_event && self.rules && event_stored(&values, &nulls) {
-                    stored.duplicate += 1;
-                    continue;
+                if has_event && self.rules {
+                    if let Some(repeat) = repeat_of(&values, &nulls) {
+                        stored.repeat(repeat);
+                        continue;
+                    }
                 }
                 let status = pg_sys::SPI_execute_plan(
                     plan,
@@ -114,8 +126,9 @@ impl Sink for InsertPath {
                 }
                 if pg_sys::SPI_processed > 0 && status == pg_sys::SPI_OK_INSERT as i32 {
                     stored.inserted += 1;
-                } else if has_event && event_stored(&values, &nulls) {
-                    stored.duplicate += 1;
+                } else if let Some(repeat) = has_event.then(|| repeat_of(&values, &nulls)).flatten()
+                {
+                    stored.repeat(repeat);
                 } else {
                     stored.skipped += 1;
                 }
@@ -125,22 +138,42 @@ impl Sink for InsertPath {
         stored
     }
 
-    fn finish(self: Box<Self>) -> Vec<usize> {
+    fn finish(self: Box<Self>) -> Vec<(usize, Repeat)> {
         Vec::new()
     }
 }
 
-/// Whether the row's event key is stored (seen by a fresh snapshot of this command).
-unsafe fn event_stored(values: &[pg_sys::Datum; SUPPLIED], nulls: &[c_char; SUPPLIED]) -> bool {
+/// Whether the row's event key is stored (seen by a new snapshot, which also
+/// sees this call's own rows), and if so whether with the same values.
+unsafe fn repeat_of(
+    values: &[pg_sys::Datum; SUPPLIED],
+    nulls: &[c_char; SUPPLIED],
+) -> Option<Repeat> {
     let plan = kept_plan(&PROBE_PLAN, EVENT_STORED, &parameter_types());
-    // SAFETY: the plan takes the same twelve parameters as the INSERT (it reads four).
+    // SAFETY: the plan takes the same twelve parameters as the INSERT; its one
+    // text column is read before the next SPI call frees the tuple table.
     unsafe {
         let status =
             pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), nulls.as_ptr(), false, 1);
         if status != pg_sys::SPI_OK_SELECT as i32 {
             raise_internal("looking up an event key", format!("SPI status {status}"));
         }
-        pg_sys::SPI_processed > 0
+        if pg_sys::SPI_processed == 0 {
+            return None;
+        }
+        let table = pg_sys::SPI_tuptable;
+        let differs = pg_sys::SPI_getvalue(*(*table).vals, (*table).tupdesc, 1);
+        let differs = if differs.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(differs)
+                .to_string_lossy()
+                .into_owned()
+        };
+        Some(
+            Column::by_name(&CString::new(differs).unwrap_or_default())
+                .map_or(Repeat::Duplicate, Repeat::Conflict),
+        )
     }
 }
 

@@ -384,4 +384,116 @@ mod tests {
             "{plan}"
         );
     }
+
+    fn talk(event_id: &str, seconds: &str, extra: &str) -> String {
+        format!(
+            r#"{{"user_id":"c","timestamp":"2024-02-01T10:00:00Z","talked_time":{seconds},"event_id":"{event_id}"{extra}}}"#
+        )
+    }
+
+    #[pg_test]
+    fn a_repeat_with_other_values_is_a_conflict_naming_the_field() {
+        assert_eq!(verdicts(&talk("c1", "30", "")), "inserted:1");
+        assert_eq!(verdicts(&talk("c1", "30", "")), "duplicate:0");
+        assert_eq!(verdicts(&talk("c1", "31", "")), "conflict:0:metric_value");
+        assert_eq!(
+            verdicts(&talk("c1", "30", r#","location":"Zürich""#)),
+            "conflict:0:location"
+        );
+        assert_eq!(
+            verdicts(&talk("c1", "30", r#","extra":{"k":1}"#)),
+            "conflict:0:attributes"
+        );
+        let error = text(&format!(
+            "SELECT error FROM metrics_ingest.ingest_json({})",
+            pgrx::spi::quote_literal(&talk("c1", "31", ""))
+        ));
+        assert_eq!(
+            error,
+            "metric_value: differs from the stored event with this event_id; nothing was stored for it"
+        );
+        // Twice in one batch, with different values: the second is the conflict.
+        assert_eq!(
+            verdicts(&format!(
+                "[{}, {}]",
+                talk("c2", "5", ""),
+                talk("c2", "6", "")
+            )),
+            "inserted:1,conflict:0:metric_value"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'c'"),
+            2,
+            "nothing stored for conflicts"
+        );
+        // A batch that met duplicates probes before buffering: conflicts are found there too.
+        let retry: Vec<String> = (0..5).map(|i| talk(&format!("r{i}"), "1", "")).collect();
+        verdicts(&format!("[{}]", retry.join(",")));
+        let mut again: Vec<String> = (0..5).map(|i| talk(&format!("r{i}"), "1", "")).collect();
+        again.push(talk("r0", "2", ""));
+        assert_eq!(
+            verdicts(&format!("[{}]", again.join(","))),
+            "duplicate:0,duplicate:0,duplicate:0,duplicate:0,duplicate:0,conflict:0:metric_value"
+        );
+        // On the INSERT path too.
+        run("CREATE FUNCTION pg_temp.noop() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$");
+        run("CREATE TRIGGER noop BEFORE INSERT ON metrics_ingest.metrics FOR EACH ROW EXECUTE FUNCTION pg_temp.noop()");
+        assert_eq!(verdicts(&talk("c1", "30", "")), "duplicate:0");
+        assert_eq!(verdicts(&talk("c1", "32", "")), "conflict:0:metric_value");
+    }
+
+    #[pg_test]
+    fn insert_metric_raises_unique_violation_for_a_conflicting_repeat() {
+        run("CALL metrics_ingest.insert_metric('2024-02-01 10:00:00+00', 'c', NULL, 'talked_time', 30, event_id => 'i1')");
+        run("CALL metrics_ingest.insert_metric('2024-02-01 10:00:00+00', 'c', NULL, 'talked_time', 30, event_id => 'i1')");
+        assert_eq!(
+            sqlstate_of("CALL metrics_ingest.insert_metric('2024-02-01 10:00:00+00', 'c', NULL, 'talked_time', 31, event_id => 'i1')"),
+            "23505"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'c'"),
+            1
+        );
+    }
+
+    #[pg_test]
+    fn a_renamed_table_is_an_ordinary_undefined_table_error() {
+        verdicts(&event("n", "2024-01-01T10:00:00Z", "n1"));
+        run("ALTER TABLE metrics_ingest.metrics RENAME TO metrics_elsewhere");
+        assert_eq!(
+            sqlstate_of("SELECT * FROM metrics_ingest.ingest_json('[]')"),
+            "42P01"
+        );
+        assert_eq!(
+            sqlstate_of("CALL metrics_ingest.insert_metric(now(), 'n', NULL, 'talked_time', 1)"),
+            "42P01"
+        );
+    }
+
+    #[pg_test]
+    fn past_the_subtransaction_budget_flushes_stay_exact() {
+        // 70 flushes of 1,000 rows with event_ids: more than the 32 subtransactions a
+        // transaction may use, and more than PostgreSQL's cache of 64. Repeats of early
+        // events (one with other values) come after the budget is spent.
+        let payload = "(SELECT json_agg(e)::text FROM ( \
+             SELECT json_build_object('user_id', 'b' || (i % 13), 'timestamp', 1722470400 + i, \
+                    'talked_time', i, 'event_id', 'sub-' || i) AS e FROM generate_series(1, 70000) i \
+             UNION ALL SELECT json_build_object('user_id', 'b1', 'timestamp', 1722470401, 'talked_time', 1, 'event_id', 'sub-1') \
+             UNION ALL SELECT json_build_object('user_id', 'b2', 'timestamp', 1722470402, 'talked_time', 99, 'event_id', 'sub-2') \
+             UNION ALL SELECT json_build_object('user_id', 'b8', 'timestamp', 1722540400, 'talked_time', 70000, 'event_id', 'sub-70000')) x)";
+        let summary = text(&format!(
+            "SELECT string_agg(status || ':' || n || ':' || coalesce(field, '-'), ',' ORDER BY status) FROM \
+             (SELECT status, field, count(*) AS n FROM metrics_ingest.ingest_json({payload}) GROUP BY status, field) s"
+        ));
+        assert_eq!(
+            summary,
+            "conflict:1:metric_value,duplicate:2:-,inserted:70000:-"
+        );
+        assert_eq!(count("SELECT count(*) FROM metrics_ingest.metrics"), 70_000);
+        let again = text(&format!(
+            "SELECT string_agg(status || ':' || n, ',' ORDER BY status) FROM \
+             (SELECT status, count(*) AS n FROM metrics_ingest.ingest_json({payload}) GROUP BY status) s"
+        ));
+        assert_eq!(again, "conflict:1,duplicate:70002");
+    }
 }

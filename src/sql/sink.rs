@@ -2,7 +2,18 @@
 //! techniques on one heap relation) and the INSERT path (`insert_path`, SQL
 //! through SPI). The writer routes each validated element to one of them.
 
+use super::datum::Column;
 use crate::core::element::ValidElement;
+
+/// What became of one row whose event key was already stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repeat {
+    /// The stored row has the same values: a retry.
+    Duplicate,
+    /// The stored row differs, first in this column: the retry disagrees with
+    /// what is stored, and nothing was stored.
+    Conflict(Column),
+}
 
 /// How an element's rows fared, counted per row.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +24,20 @@ pub struct Stored {
     pub duplicate: u32,
     /// Rows a trigger or rule kept out of the table (INSERT path only).
     pub skipped: u32,
+    /// The first row whose event key is stored with other values, if any.
+    pub conflict: Option<Column>,
+}
+
+impl Stored {
+    pub fn repeat(&mut self, repeat: Repeat) {
+        match repeat {
+            Repeat::Duplicate => self.duplicate += 1,
+            Repeat::Conflict(column) => {
+                self.duplicate += 1;
+                self.conflict.get_or_insert(column);
+            }
+        }
+    }
 }
 
 impl std::ops::AddAssign for Stored {
@@ -20,6 +45,7 @@ impl std::ops::AddAssign for Stored {
         self.inserted += other.inserted;
         self.duplicate += other.duplicate;
         self.skipped += other.skipped;
+        self.conflict = self.conflict.or(other.conflict);
     }
 }
 
@@ -29,7 +55,7 @@ pub trait Sink {
 
     /// Writes whatever is buffered and releases the sink. Returns the ordinals
     /// of elements one of whose buffered rows turned out, when written, to be a
-    /// duplicate after all (one entry per such row): a concurrent session stored
-    /// the same event first.
-    fn finish(self: Box<Self>) -> Vec<usize>;
+    /// repeat after all (one entry per such row): the same event came twice in
+    /// one buffer, or a concurrent session stored it first.
+    fn finish(self: Box<Self>) -> Vec<(usize, Repeat)>;
 }

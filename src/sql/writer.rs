@@ -18,7 +18,7 @@ use super::direct::DirectLeaf;
 use super::errors::raise_internal;
 use super::insert_path::{kept_plan, InsertPath};
 use super::settings::retention_horizon;
-use super::sink::{Sink, Stored};
+use super::sink::{Repeat, Sink, Stored};
 use super::table::{self, Route, TableShape};
 use crate::core::element::ValidElement;
 use crate::core::error::{Rejection, RejectionKind};
@@ -60,7 +60,7 @@ pub struct Writer {
     spi_connected: bool,
     caller_context: pg_sys::MemoryContext,
     reject_memory: PgMemoryContexts,
-    late_duplicates: Vec<usize>,
+    late_repeats: Vec<(usize, Repeat)>,
     /// Oldest storable time (timestamptz microseconds) and the retention, if set.
     horizon: Option<(i64, String)>,
 }
@@ -93,7 +93,7 @@ impl Writer {
             // SAFETY: reading the current context pointer.
             caller_context: unsafe { pg_sys::CurrentMemoryContext },
             reject_memory: PgMemoryContexts::new("metrics_ingest dead letter"),
-            late_duplicates: Vec::new(),
+            late_repeats: Vec::new(),
             horizon: retention_horizon(),
         }
     }
@@ -237,7 +237,7 @@ impl Writer {
     /// Flushes and closes every open leaf (their partitions stay locked).
     fn close_leaves(&mut self) {
         for leaf in self.direct.drain(..) {
-            self.late_duplicates.extend(leaf.finish());
+            self.late_repeats.extend(leaf.finish());
         }
         self.targets
             .retain(|(_, target)| matches!(target, Target::Insert));
@@ -251,17 +251,17 @@ impl Writer {
     }
 
     /// Writes what is buffered; returns the ordinals of elements one of whose
-    /// rows turned out, at flush time, to be a duplicate after all (one entry
-    /// per such row).
-    pub fn finish(mut self) -> Vec<usize> {
+    /// rows turned out, at flush time, to repeat a stored event after all (one
+    /// entry per such row).
+    pub fn finish(mut self) -> Vec<(usize, Repeat)> {
         self.close_leaves();
         if let Some(insert) = self.insert.take() {
-            self.late_duplicates.extend(insert.finish());
+            self.late_repeats.extend(insert.finish());
         }
         if self.spi_connected {
             // SAFETY: SPI was connected by this writer and is finished once.
             unsafe { pg_sys::SPI_finish() };
         }
-        std::mem::take(&mut self.late_duplicates)
+        std::mem::take(&mut self.late_repeats)
     }
 }

@@ -10,6 +10,7 @@ mod hostile;
 mod install;
 mod load;
 mod partitions;
+mod repeats;
 mod security;
 mod support;
 mod upgrade;
