@@ -66,7 +66,9 @@ REVOKE ALL ON metrics_ingest.metrics FROM PUBLIC;
 REVOKE ALL ON metrics_ingest.metrics_id_seq FROM PUBLIC;
 GRANT SELECT ON metrics_ingest.metrics TO metrics_ingest_reader;
 
--- Upkeep settings: one row, changed through set_partition_interval and set_retention.
+-- Upkeep settings: at most one row, written by the set_* functions; no row means every
+-- default (CREATE EXTENSION makes none, so that pg_dump's copy of a row a user set restores
+-- beside a fresh install without a conflict).
 CREATE TABLE metrics_ingest.settings (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     -- width of partitions made from now on; whole days or hours, no months (date_bin's grid)
@@ -79,7 +81,6 @@ CREATE TABLE metrics_ingest.settings (
     -- dead letters older than this are deleted by run_maintenance; NULL keeps them
     rejected_retention interval CHECK (rejected_retention > '0')
 );
-INSERT INTO metrics_ingest.settings DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.settings', '');
 REVOKE ALL ON metrics_ingest.settings FROM PUBLIC;
 GRANT SELECT ON metrics_ingest.settings TO metrics_ingest_reader;
@@ -146,7 +147,7 @@ BEGIN
     IF found IS NOT NULL THEN
         RETURN found;
     END IF;
-    SELECT s.partition_interval INTO width FROM metrics_ingest.settings s;
+    width := coalesce((SELECT s.partition_interval FROM metrics_ingest.settings s), '1 day');
     cell_lower := date_bin(width, ts, '2000-01-01 00:00:00+00');
     cell_upper := cell_lower + width;
     SELECT greatest(cell_lower, max(p.upper)) INTO cell_lower
@@ -183,7 +184,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'months vary in length; use days, e.g. ''7 days''';
     END IF;
-    UPDATE metrics_ingest.settings SET partition_interval = width;
+    INSERT INTO metrics_ingest.settings AS s (partition_interval) VALUES (width)
+    ON CONFLICT (singleton) DO UPDATE SET partition_interval = excluded.partition_interval;
     RETURN width;
 END
 $$;
@@ -200,7 +202,8 @@ BEGIN
         RAISE EXCEPTION 'metrics_ingest: retention must be positive or NULL, not %', keep
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    UPDATE metrics_ingest.settings SET retention = keep;
+    INSERT INTO metrics_ingest.settings AS s (retention) VALUES (keep)
+    ON CONFLICT (singleton) DO UPDATE SET retention = excluded.retention;
     RETURN keep;
 END
 $$;
@@ -216,7 +219,8 @@ BEGIN
         RAISE EXCEPTION 'metrics_ingest: rejected retention must be positive or NULL, not %', keep
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    UPDATE metrics_ingest.settings SET rejected_retention = keep;
+    INSERT INTO metrics_ingest.settings AS s (rejected_retention) VALUES (keep)
+    ON CONFLICT (singleton) DO UPDATE SET rejected_retention = excluded.rejected_retention;
     RETURN keep;
 END
 $$;

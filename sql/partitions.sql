@@ -60,7 +60,7 @@ BEGIN
     IF found IS NOT NULL THEN
         RETURN found;
     END IF;
-    SELECT s.partition_interval INTO width FROM metrics_ingest.settings s;
+    width := coalesce((SELECT s.partition_interval FROM metrics_ingest.settings s), '1 day');
     cell_lower := date_bin(width, ts, '2000-01-01 00:00:00+00');
     cell_upper := cell_lower + width;
     SELECT greatest(cell_lower, max(p.upper)) INTO cell_lower
@@ -97,7 +97,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'months vary in length; use days, e.g. ''7 days''';
     END IF;
-    UPDATE metrics_ingest.settings SET partition_interval = width;
+    INSERT INTO metrics_ingest.settings AS s (partition_interval) VALUES (width)
+    ON CONFLICT (singleton) DO UPDATE SET partition_interval = excluded.partition_interval;
     RETURN width;
 END
 $$;
@@ -114,7 +115,8 @@ BEGIN
         RAISE EXCEPTION 'metrics_ingest: retention must be positive or NULL, not %', keep
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    UPDATE metrics_ingest.settings SET retention = keep;
+    INSERT INTO metrics_ingest.settings AS s (retention) VALUES (keep)
+    ON CONFLICT (singleton) DO UPDATE SET retention = excluded.retention;
     RETURN keep;
 END
 $$;
@@ -130,7 +132,8 @@ BEGIN
         RAISE EXCEPTION 'metrics_ingest: rejected retention must be positive or NULL, not %', keep
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    UPDATE metrics_ingest.settings SET rejected_retention = keep;
+    INSERT INTO metrics_ingest.settings AS s (rejected_retention) VALUES (keep)
+    ON CONFLICT (singleton) DO UPDATE SET rejected_retention = excluded.rejected_retention;
     RETURN keep;
 END
 $$;

@@ -133,7 +133,9 @@ CREATE INDEX rejected_at_idx ON metrics_ingest.rejected (rejected_at);
 
 SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected', '');
 
--- Upkeep settings: one row, changed through set_partition_interval and set_retention.
+-- Upkeep settings: at most one row, written by the set_* functions; no row means every
+-- default (CREATE EXTENSION makes none, so that pg_dump's copy of a row a user set restores
+-- beside a fresh install without a conflict).
 CREATE TABLE metrics_ingest.settings (
     singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
     -- width of partitions made from now on; whole days or hours, no months (date_bin's grid)
@@ -146,7 +148,6 @@ CREATE TABLE metrics_ingest.settings (
     -- dead letters older than this are deleted by run_maintenance; NULL keeps them
     rejected_retention interval CHECK (rejected_retention > '0')
 );
-INSERT INTO metrics_ingest.settings DEFAULT VALUES;
 SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.settings', '');
 SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected_id_seq', '');
 

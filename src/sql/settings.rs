@@ -35,7 +35,9 @@ pub(super) unsafe extern "C-unwind" fn on_relcache_invalidation(
 }
 
 fn load() -> Cached {
-    const QUERY: &std::ffi::CStr = c"SELECT retention, 'metrics_ingest.settings'::pg_catalog.regclass::pg_catalog.oid FROM metrics_ingest.settings";
+    // No row means the defaults (no retention).
+    const QUERY: &std::ffi::CStr = c"SELECT (SELECT retention FROM metrics_ingest.settings), \
+        'metrics_ingest.settings'::pg_catalog.regclass::pg_catalog.oid";
     // SAFETY: SPI is connected and finished here (nesting inside a caller's
     // connection is allowed); the plan is kept per backend; the latest snapshot
     // is copied by SPI when it pushes it; the interval is copied out of the
@@ -84,15 +86,30 @@ fn load() -> Cached {
     }
 }
 
+/// Whether metrics_ingest.settings exists: before `ALTER EXTENSION ... UPDATE`
+/// to 0.2.0, this library runs against an older schema that has none.
+fn settings_table_exists() -> bool {
+    // SAFETY: plain syscache lookups by name.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), true);
+        namespace != pg_sys::InvalidOid
+            && pg_sys::get_relname_relid(c"settings".as_ptr(), namespace) != pg_sys::InvalidOid
+    }
+}
+
 /// The oldest storable time, in microseconds since 2000-01-01 (timestamptz's
 /// representation): the transaction's start minus the retention, or None when
 /// everything is kept.
 pub fn retention_horizon() -> Option<(i64, String)> {
-    let cached = CACHED.with(|c| *c.borrow()).unwrap_or_else(|| {
-        let loaded = load();
-        CACHED.with(|c| *c.borrow_mut() = Some(loaded));
-        loaded
-    });
+    let cached = match CACHED.with(|c| *c.borrow()) {
+        Some(cached) => cached,
+        None if !settings_table_exists() => return None,
+        None => {
+            let loaded = load();
+            CACHED.with(|c| *c.borrow_mut() = Some(loaded));
+            loaded
+        }
+    };
     let mut retention = cached.retention?;
     // SAFETY: timestamptz_mi_interval takes a timestamptz and a pointer to an
     // interval, which lives on this stack frame across the call; interval_out

@@ -203,7 +203,7 @@ fn pg_cron_runs_maintenance_and_an_old_partition_goes() {
         &format!("SELECT status || ': ' || coalesce(return_message, '') FROM cron.job_run_details WHERE jobid = {job_id}"),
     );
     admin
-        .execute("SELECT cron.unschedule($1)", &[&job_id])
+        .execute("SELECT cron.unschedule($1::bigint)", &[&job_id])
         .expect("unschedule");
     assert_eq!(left.len(), 1, "pg_cron's runs: {runs:?}");
     assert_eq!(
