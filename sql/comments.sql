@@ -21,3 +21,5 @@ COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text,
     'Stores one metric event, validated like ingest_json; raises a class-22 error naming the field';
 COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) IS
     'As insert_metric with a text value, for numeric values';
+COMMENT ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) IS
+    'The CHECK on metric_types.labels: finite numeric scores within the bounds, labels the validator can match (not numeric-looking, not equal ignoring case), labels only on score types. EXECUTE stays with PUBLIC: whoever may insert a metric type must be able to run its CHECK';
