@@ -76,6 +76,7 @@ REVOKE ALL ON FUNCTION metrics_ingest.ingest_json(jsonb, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, text, text, text, text, double precision, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.metric_types_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION metrics_ingest.ingest_json(text, text) TO metrics_ingest_writer;
 GRANT EXECUTE ON FUNCTION metrics_ingest.ingest_json(json, text) TO metrics_ingest_writer;

@@ -22,4 +22,4 @@ COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text,
 COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) IS
     'As insert_metric with a text value, for numeric values';
 COMMENT ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) IS
-    'The CHECK on metric_types.labels: finite numeric scores within the bounds, labels the validator can match (not numeric-looking, not equal ignoring case), labels only on score types. EXECUTE stays with PUBLIC: whoever may insert a metric type must be able to run its CHECK';
+    'The CHECK on metric_types.labels: finite numeric scores within the bounds, labels the validator can match (not numeric-looking, not equal ignoring case), labels only on score types. Like every function here, not executable by PUBLIC: metric types are added by the extension''s owner';

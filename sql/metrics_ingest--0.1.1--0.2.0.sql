@@ -12,7 +12,7 @@
 CREATE FUNCTION metrics_ingest.labels_are_valid(
     value_kind text, min_value double precision, max_value double precision, labels jsonb)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 BEGIN ATOMIC
     SELECT labels IS NULL OR pg_catalog.jsonb_typeof(labels) <> 'object' OR (
         (labels = '{}'::jsonb OR value_kind = 'score')
@@ -38,5 +38,7 @@ ALTER TABLE metrics_ingest.metric_types ADD CONSTRAINT metric_types_labels_valid
 
 ALTER TABLE metrics_ingest.metric_types ENABLE ALWAYS TRIGGER metric_types_changed;
 
+REVOKE ALL ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) FROM PUBLIC;
+
 COMMENT ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) IS
-    'The CHECK on metric_types.labels: finite numeric scores within the bounds, labels the validator can match (not numeric-looking, not equal ignoring case), labels only on score types. EXECUTE stays with PUBLIC: whoever may insert a metric type must be able to run its CHECK';
+    'The CHECK on metric_types.labels: finite numeric scores within the bounds, labels the validator can match (not numeric-looking, not equal ignoring case), labels only on score types. Like every function here, not executable by PUBLIC: metric types are added by the extension''s owner';

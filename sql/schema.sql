@@ -39,7 +39,7 @@ $roles$;
 CREATE FUNCTION metrics_ingest.labels_are_valid(
     value_kind text, min_value double precision, max_value double precision, labels jsonb)
 RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 BEGIN ATOMIC
     SELECT labels IS NULL OR pg_catalog.jsonb_typeof(labels) <> 'object' OR (
         (labels = '{}'::jsonb OR value_kind = 'score')
