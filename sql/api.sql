@@ -66,6 +66,9 @@ AS 'MODULE_PATHNAME', 'metric_types_changed_wrapper';
 CREATE TRIGGER metric_types_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON metrics_ingest.metric_types
     FOR EACH STATEMENT EXECUTE FUNCTION metrics_ingest.metric_types_changed();
+-- ALWAYS: a change applied by logical replication (session_replication_role = replica)
+-- must reach the other backends' caches too.
+ALTER TABLE metrics_ingest.metric_types ENABLE ALWAYS TRIGGER metric_types_changed;
 
 REVOKE ALL ON FUNCTION metrics_ingest.ingest_json(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.ingest_json(json, text) FROM PUBLIC;
@@ -73,6 +76,7 @@ REVOKE ALL ON FUNCTION metrics_ingest.ingest_json(jsonb, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, text, text, text, text, double precision, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.metric_types_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) FROM PUBLIC;
 
 GRANT EXECUTE ON FUNCTION metrics_ingest.ingest_json(text, text) TO metrics_ingest_writer;
 GRANT EXECUTE ON FUNCTION metrics_ingest.ingest_json(json, text) TO metrics_ingest_writer;

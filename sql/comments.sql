@@ -35,3 +35,5 @@ COMMENT ON FUNCTION metrics_ingest.set_rejected_retention(interval) IS
     'Sets how long dead letters are kept (NULL: forever); run_maintenance deletes older ones';
 COMMENT ON FUNCTION metrics_ingest.run_maintenance() IS
     'Upkeep for pg_cron: drops partitions older than the retention, deletes old dead letters; returns what it did';
+COMMENT ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) IS
+    'The CHECK on metric_types.labels: finite numeric scores within the bounds, labels the validator can match (not numeric-looking, not equal ignoring case), labels only on score types. Like every function here, not executable by PUBLIC: metric types are added by the extension''s owner';

@@ -522,18 +522,31 @@ fn wrong_type(field: &str, expected: &str, value: &Field) -> Rejection {
     )
 }
 
-fn preview_str(s: &str) -> String {
+/// At most 60 characters of `s` for an error message, shown as written: only
+/// quotes, backslashes and control characters are escaped (JSON style), so
+/// `"٣"` stays `"٣"` rather than Rust's `"\u{663}"`.
+pub fn preview_str(s: &str) -> String {
     const MAX: usize = 60;
-    let escaped: String = s
-        .chars()
-        .take(MAX + 1)
-        .flat_map(char::escape_default)
-        .collect();
-    if s.chars().nth(MAX).is_some() {
-        let cut: String = escaped.chars().take(MAX).collect();
-        format!("{cut}...")
-    } else {
-        escaped
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX {
+            out.push_str("...");
+            break;
+        }
+        push_quoted_char(&mut out, c);
+    }
+    out
+}
+
+fn push_quoted_char(out: &mut String, c: char) {
+    match c {
+        '"' => out.push_str("\\\""),
+        '\\' => out.push_str("\\\\"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+        c => out.push(c),
     }
 }
 
@@ -658,6 +671,16 @@ fn number_from_json(field: &str, value: &Field) -> Result<f64, Rejection> {
         other => return Err(wrong_type(field, "a number", other)),
     };
     match text.parse::<f64>() {
+        // float8in refuses a number that is not zero but reads as 0 (22003), rather
+        // than store 0 for 1e-400; subnormals such as 1e-310 it keeps, and so do we.
+        Ok(n) if n == 0.0 && !mantissa_is_zero(text) => Err(Rejection::new(
+            Kind::OutOfRange,
+            field,
+            format!(
+                "{} is out of range for double precision (too close to zero)",
+                value.preview()
+            ),
+        )),
         Ok(n) if n.is_finite() => Ok(n),
         // Rust also reads "inf" and "NaN"; a string spelling them is not finite either.
         Ok(_) => Err(not_finite(field, &value.preview())),
@@ -741,12 +764,9 @@ fn measurement_from_json(
 fn boolean_from_json(field: &str, value: &Field) -> Result<f64, Rejection> {
     let truth = match value {
         Field::Bool(b) => Some(*b),
-        // 1, 1.0 and 1e0 all say the same; anything else is not a boolean.
-        Field::Number(text) => match text.parse::<f64>() {
-            Ok(v) if v == 0.0 => Some(false),
-            Ok(v) if v == 1.0 => Some(true),
-            _ => None,
-        },
+        // 1, 1.0 and 1e0 all say the same; anything else is not a boolean. The
+        // decimal text decides, not the double it rounds to (0.99999999999999999999).
+        Field::Number(text) => decimal_zero_or_one(text),
         Field::Str(s) => match s.as_ref() {
             "0" | "false" => Some(false),
             "1" | "true" => Some(true),
@@ -763,12 +783,244 @@ fn boolean_from_json(field: &str, value: &Field) -> Result<f64, Rejection> {
     })
 }
 
+/// Whether the digits before any exponent are all zeros (`0`, `-0.000`, `0e5`).
+fn mantissa_is_zero(text: &str) -> bool {
+    let mantissa = text.split(['e', 'E']).next().unwrap_or("");
+    !mantissa.bytes().any(|b| matches!(b, b'1'..=b'9'))
+}
+
+/// The JSON number `text` is exactly 0 (Some(false)) or exactly 1 (Some(true)),
+/// judged on its decimal digits; None for anything else.
+fn decimal_zero_or_one(text: &str) -> Option<bool> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => (&unsigned[..i], &unsigned[i + 1..]),
+        None => (unsigned, "0"),
+    };
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if whole.is_empty()
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let digits = || whole.bytes().chain(fraction.bytes());
+    let Some(first) = digits().position(|b| b != b'0') else {
+        return Some(false); // every digit is 0: zero, whatever the exponent
+    };
+    // One significant digit, a 1, in the units place once the exponent applies.
+    let significant = digits().filter(|b| *b != b'0').count();
+    if negative || significant != 1 || digits().nth(first) != Some(b'1') {
+        return None;
+    }
+    let exponent = exponent_value(exponent)?;
+    (whole.len() as i64 - 1 - first as i64 + exponent == 0).then_some(true)
+}
+
+/// An exponent's text (`5`, `+5`, `-05`) as a number; None past ±10^15, which
+/// no rule here needs to tell apart.
+fn exponent_value(text: &str) -> Option<i64> {
+    let (negative, digits) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let value: i64 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    Some(if negative { -value } else { value })
+}
+
+/// Why numeric_in (which jsonb uses for every number) would refuse the JSON
+/// number `text` with "value overflows numeric format" (22003), or None if it
+/// holds it. PostgreSQL 15's numeric keeps at most 131072 digits before the
+/// decimal point (a base-10000 weight in an int16), a display scale of at most
+/// 16383 digits after it, and refuses an exponent of INT_MAX/2 or more either way.
+pub fn numeric_overflow(text: &str) -> Option<&'static str> {
+    const TOO_BIG: &str = "has more than the 131072 digits before the decimal point that PostgreSQL's numeric (and jsonb) can hold";
+    const TOO_FINE: &str = "has more than the 16383 digits after the decimal point that PostgreSQL's numeric (and jsonb) can hold";
+    const EXPONENT: &str = "has an exponent beyond what PostgreSQL's numeric (and jsonb) can read";
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+        Some(i) => (
+            &unsigned[..i],
+            exponent_value(&unsigned[i + 1..]).unwrap_or(i64::MAX),
+        ),
+        None => (unsigned, 0),
+    };
+    if exponent.unsigned_abs() >= (i32::MAX / 2) as u64 {
+        return Some(EXPONENT);
+    }
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if (fraction.len() as i64 - exponent).max(0) > 16383 {
+        return Some(TOO_FINE);
+    }
+    if let Some(first) = whole
+        .bytes()
+        .chain(fraction.bytes())
+        .position(|b| b != b'0')
+    {
+        // The power of ten of the first significant digit.
+        let position = whole.len() as i64 - 1 - first as i64 + exponent;
+        if position > 131_071 {
+            return Some(TOO_BIG);
+        }
+        if position < -131_072 {
+            return Some(TOO_FINE);
+        }
+    }
+    None
+}
+
 fn contains_nul(value: &Value) -> bool {
     match value {
         Value::String(s) => s.contains('\0'),
         Value::Array(items) => items.iter().any(contains_nul),
         Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
         _ => false,
+    }
+}
+
+/// What jsonb_in would refuse or alter in a value bound for `attributes`.
+enum JsonbProblem {
+    Nul,
+    DuplicateKey(String),
+    Numeric(String, &'static str),
+}
+
+/// Refuses, as `field`'s rejection, a JSON value (valid syntax) that jsonb
+/// could not store exactly as written.
+fn check_for_jsonb(field: &str, value: &str) -> Result<(), Rejection> {
+    match value.as_bytes().first() {
+        // A plain number or a string without escapes needs no walk.
+        Some(b'-' | b'0'..=b'9') => {
+            return match numeric_overflow(value) {
+                Some(reason) => Err(numeric_rejection(field, value, reason)),
+                None => Ok(()),
+            };
+        }
+        Some(b'"') if !value.contains('\\') => return Ok(()),
+        Some(b'"' | b'{' | b'[') => {}
+        _ => return Ok(()),
+    }
+    let problem = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(value);
+    let walked = serde::de::DeserializeSeed::deserialize(JsonbWalk { problem: &problem }, &mut de);
+    match (walked, problem.into_inner()) {
+        (_, Some(JsonbProblem::Nul)) => Err(nul_rejection(field)),
+        (_, Some(JsonbProblem::DuplicateKey(key))) => Err(Rejection::new(
+            Kind::BadJson,
+            field,
+            format!(
+                "key \"{}\" appears more than once in the same object",
+                preview_str(&key)
+            ),
+        )),
+        (_, Some(JsonbProblem::Numeric(number, reason))) => {
+            Err(numeric_rejection(field, &number, reason))
+        }
+        (Err(e), None) => Err(bad_json(field, e)),
+        (Ok(()), None) => Ok(()),
+    }
+}
+
+fn numeric_rejection(field: &str, number: &str, reason: &str) -> Rejection {
+    Rejection::new(
+        Kind::OutOfRange,
+        field,
+        format!("the number {} {reason}", preview_str(number)),
+    )
+}
+
+/// Walks one JSON value as jsonb_in will read it, stopping at the first
+/// problem (recorded in `problem`; the walk then fails with an empty error).
+/// serde_json's recursion limit bounds the depth, and it refuses lone surrogates.
+#[derive(Clone, Copy)]
+struct JsonbWalk<'p> {
+    problem: &'p std::cell::RefCell<Option<JsonbProblem>>,
+}
+
+impl JsonbWalk<'_> {
+    fn fail<E: serde::de::Error>(self, problem: JsonbProblem) -> E {
+        *self.problem.borrow_mut() = Some(problem);
+        E::custom("")
+    }
+
+    fn string<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
+        if s.contains('\0') {
+            return Err(self.fail(JsonbProblem::Nul));
+        }
+        Ok(())
+    }
+}
+
+/// serde_json's token for a number kept as text (feature arbitrary_precision).
+const NUMBER_TOKEN: &str = "$serde_json::private::Number";
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonbWalk<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonbWalk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
+        self.string(s)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(self)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if key == NUMBER_TOKEN {
+                let number: String = map.next_value()?;
+                if let Some(reason) = numeric_overflow(&number) {
+                    return Err(self.fail(JsonbProblem::Numeric(number, reason)));
+                }
+                continue;
+            }
+            self.string(&key)?;
+            if seen.contains(&key) {
+                return Err(self.fail(JsonbProblem::DuplicateKey(key.into_owned())));
+            }
+            map.next_value_seed(self)?;
+            seen.insert(key);
+        }
+        Ok(())
     }
 }
 
@@ -782,9 +1034,10 @@ fn attributes_too_long() -> Rejection {
 
 /// The fields the schema does not know, as a JSON object built from the raw
 /// text the client sent (numbers and strings exactly as written). Anything
-/// jsonb would refuse or choke on (`\u0000`, a lone surrogate, nesting beyond
-/// serde_json's limit) is found here first, so it becomes a rejection rather
-/// than an error that aborts the whole call.
+/// jsonb_in would refuse (`\u0000`, a lone surrogate, a number numeric cannot
+/// hold, nesting beyond serde_json's limit) or silently alter (a key repeated
+/// in a nested object, which jsonb merges) is found here first, so it becomes
+/// this element's rejection rather than an error that aborts the whole call.
 #[derive(Default)]
 struct Attributes {
     text: String,
@@ -793,13 +1046,7 @@ struct Attributes {
 impl Attributes {
     fn add(&mut self, key: &str, raw: &RawValue) -> Result<(), Rejection> {
         let value = raw.get();
-        let needs_parse = value.starts_with(['{', '[']) || value.contains('\\');
-        if needs_parse {
-            let parsed: Value = serde_json::from_str(value).map_err(|e| bad_json(key, e))?;
-            if contains_nul(&parsed) {
-                return Err(nul_rejection(key));
-            }
-        }
+        check_for_jsonb(key, value)?;
         self.text.push(if self.text.is_empty() { '{' } else { ',' });
         // Keys are re-escaped: the key as decoded may differ from its raw spelling.
         self.text

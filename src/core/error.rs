@@ -50,12 +50,49 @@ impl RejectionKind {
 }
 
 impl Rejection {
+    /// `field` and `message` are bounded here, whatever the caller built: a
+    /// 5 MB key must not become a 5 MB error (in the result, in `rejected`, in
+    /// the server log). The field, a key as written, loses its control
+    /// characters (shown escaped) and is cut after MAX_FIELD_CHARS.
     pub fn new(kind: RejectionKind, field: impl Into<String>, message: impl Into<String>) -> Self {
         Rejection {
-            field: field.into(),
-            message: message.into(),
+            field: bounded_field(field.into()),
+            message: bounded(message.into(), MAX_MESSAGE_CHARS),
             kind,
         }
+    }
+}
+
+/// Longest `field` of a rejection, in characters (longer keys are cut, with "...").
+pub const MAX_FIELD_CHARS: usize = 64;
+/// Longest message of a rejection, in characters; each quoted piece in it is
+/// already cut shorter, this bounds the whole whatever its pieces.
+pub const MAX_MESSAGE_CHARS: usize = 1000;
+
+fn bounded_field(field: String) -> String {
+    if field.len() <= MAX_FIELD_CHARS && !field.chars().any(char::is_control) {
+        return field;
+    }
+    let mut out = String::new();
+    for (i, c) in field.chars().enumerate() {
+        if i == MAX_FIELD_CHARS {
+            out.push_str("...");
+            break;
+        }
+        if c.is_control() {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `text` cut after `max` characters, with "..." to say so.
+pub fn bounded(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some((cut, _)) => format!("{}...", &text[..cut]),
     }
 }
 

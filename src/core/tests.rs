@@ -299,3 +299,316 @@ fn context_field_positions_agree_with_the_list() {
     }
     assert_eq!(super::element::context_slot_for_tests("talked_time"), None);
 }
+
+/// Fractional seconds are rounded as PostgreSQL 15 rounds them. Every expected
+/// value below was read from a real PostgreSQL 15.20 server:
+/// ISO strings with `extract(epoch from '2024-08-12T12:00:00.<f>Z'::timestamptz)`,
+/// epoch numbers with `extract(epoch from to_timestamp('<n>'::float8))`.
+#[test]
+fn timestamps_round_as_postgresql_does() {
+    const NOON: i64 = 1_723_464_000_000_000; // 2024-08-12T12:00:00Z
+    let iso: &[(&str, i64)] = &[
+        ("0000025", 2),
+        ("0000005", 0),
+        ("0000015", 2),
+        ("0000035", 4),
+        ("0000045", 4),
+        ("00000050000001", 1),
+        ("0000004999999", 0),
+        ("9999995", 1_000_000),
+        ("9999994999", 999_999),
+        ("999999500000001", 1_000_000),
+        ("1234565", 123_456),
+        ("1234575", 123_458),
+        ("0000025000000000000001", 2),
+        ("5000005", 500_000),
+        ("000001", 1),
+        ("0000014999999999999999", 1),
+        ("00000249999999999999999", 2),
+        ("123456789012345678901234567890", 123_457),
+        ("0000125", 12),
+        ("0000105", 10),
+        ("2500005", 250_000),
+        ("4999995", 500_000),
+    ];
+    for (fraction, micros) in iso {
+        for form in [
+            format!("2024-08-12T12:00:00.{fraction}Z"),
+            format!("2024-08-12 14:00:00.{fraction}+02:00"),
+            format!("2024-08-12T12:00:00.{fraction}"),
+        ] {
+            let raw = format!(r#"{{"user_id":"u","talked_time":1,"timestamp":"{form}"}}"#);
+            let got = check(&raw).map(|e| e.context.unix_us);
+            assert_eq!(got, Ok(NOON + micros), "{form}");
+        }
+    }
+    let epoch: &[(&str, i64)] = &[
+        ("1722470400.0000005", 1_722_470_400_000_000),
+        ("1722470400.0000015", 1_722_470_400_000_001),
+        ("1722470400.0000025", 1_722_470_400_000_002),
+        ("1722470400.000001", 1_722_470_400_000_001),
+        ("1722470400.1234565", 1_722_470_400_123_456),
+        ("1722470400.9999995", 1_722_470_401_000_000),
+        ("1722470400.9999994", 1_722_470_400_999_999),
+        ("1.7224704000000025e9", 1_722_470_400_000_002),
+        ("1722470400.5", 1_722_470_400_500_000),
+        ("1722470400.25", 1_722_470_400_250_000),
+        ("1722470400.0000035", 1_722_470_400_000_004),
+        ("1722470400.0000004", 1_722_470_400_000_000),
+        ("1722470400.00000049", 1_722_470_400_000_000),
+        ("1722470400.000000500001", 1_722_470_400_000_000),
+        ("946684800.0000005", 946_684_800_000_000),
+        ("946684800.0000015", 946_684_800_000_002),
+        ("946684800.0000025", 946_684_800_000_003),
+        ("4102444799.999999", 4_102_444_799_999_999),
+        ("1622558400", 1_622_558_400_000_000),
+        ("1.6225584e9", 1_622_558_400_000_000),
+        ("1722470400.123456789", 1_722_470_400_123_457),
+    ];
+    for (number, unix_us) in epoch {
+        let raw = format!(r#"{{"user_id":"u","talked_time":1,"timestamp":{number}}}"#);
+        let got = check(&raw).map(|e| e.context.unix_us);
+        assert_eq!(got, Ok(*unix_us), "{number}");
+    }
+    // 4102444799.9999995 rounds to 2100-01-01T00:00:00Z, the window's (exclusive) end.
+    let raw = r#"{"user_id":"u","talked_time":1,"timestamp":4102444799.9999995}"#;
+    assert_eq!(check(raw).map_err(|e| e.2), Err(RejectionKind::OutOfRange));
+}
+
+/// Issue 10, items 5, 6, 8: values that would be stored altered (or that jsonb
+/// would refuse, failing the whole call) are this element's rejection.
+#[test]
+fn values_are_never_silently_altered() {
+    use RejectionKind::*;
+    const OK: &str = r#""user_id":"u","timestamp":"2024-08-12T12:00:00Z""#;
+    let zeros = "0".repeat(20_000);
+    let cases: Vec<(String, &str, RejectionKind)> = vec![
+        // 5: underflow, as float8in refuses it
+        (
+            format!(r#"{{{OK},"talked_time":1e-400}}"#),
+            "talked_time",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"metric_type":"talked_time","metric_value":"1e-400"}}"#),
+            "metric_value",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"sentiment_score":-1e-400}}"#),
+            "sentiment_score",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"voice_sentiment":0.1e-999}}"#),
+            "voice_sentiment",
+            OutOfRange,
+        ),
+        // 5: a boolean is exactly 0 or 1, on the decimal text
+        (
+            format!(r#"{{{OK},"microphone_used":1e-400}}"#),
+            "microphone_used",
+            InvalidValue,
+        ),
+        (
+            format!(r#"{{{OK},"microphone_used":0.99999999999999999999}}"#),
+            "microphone_used",
+            InvalidValue,
+        ),
+        (
+            format!(r#"{{{OK},"microphone_used":1.0000000000000000001}}"#),
+            "microphone_used",
+            InvalidValue,
+        ),
+        (
+            format!(r#"{{{OK},"microphone_used":-1}}"#),
+            "microphone_used",
+            InvalidValue,
+        ),
+        (
+            format!(r#"{{{OK},"microphone_used":10e-1e1}}"#),
+            "element",
+            BadJson,
+        ),
+        (
+            format!(r#"{{{OK},"microphone_used":1e99999999999999999999}}"#),
+            "microphone_used",
+            InvalidValue,
+        ),
+        (
+            format!(r#"{{{OK},"speaker_used":100e-3}}"#),
+            "speaker_used",
+            InvalidValue,
+        ),
+        // 6: duplicate keys at any depth of an unknown field
+        (
+            format!(r#"{{{OK},"talked_time":1,"extra":{{"k":1,"k":2}}}}"#),
+            "extra",
+            BadJson,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"extra":[{{"a":{{"k":1,"\u006b":2}}}}]}}"#),
+            "extra",
+            BadJson,
+        ),
+        // 8: what numeric (and so jsonb) cannot hold
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":1e131072}}"#),
+            "n",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":-10e131071}}"#),
+            "n",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":1e-16384}}"#),
+            "n",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":0.00e-16382}}"#),
+            "n",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":0e1073741823}}"#),
+            "n",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":0e-99999999999999999999999}}"#),
+            "n",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":0.{zeros}}}"#),
+            "n",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":[1,{{"m":[1e131072]}}]}}"#),
+            "n",
+            OutOfRange,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":{{"m":0.{zeros}}}}}"#),
+            "n",
+            OutOfRange,
+        ),
+        // 8: siblings jsonb_in refuses, nested
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":{{"m":["a\u0000"]}}}}"#),
+            "n",
+            Untranslatable,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":{{"a\u0000":1}}}}"#),
+            "n",
+            Untranslatable,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":{{"m":["\udc00"]}}}}"#),
+            "n",
+            BadJson,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"n":{{"\ud800x":1}}}}"#),
+            "n",
+            BadJson,
+        ),
+        (
+            format!(
+                r#"{{{OK},"talked_time":1,"n":{}{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+            "n",
+            BadJson,
+        ),
+    ];
+    for (raw, field, kind) in cases {
+        let (got_field, message, got_kind) = check(&raw).expect_err(&raw[..raw.len().min(120)]);
+        assert_eq!(
+            (got_field.as_str(), got_kind),
+            (field, kind),
+            "{raw:.120}: {message}"
+        );
+        assert!(message.len() < 400, "{message}");
+    }
+    // What PostgreSQL does hold is still accepted, exactly as written.
+    let accepted: &[(&str, f64)] = &[
+        (r#""microphone_used":1.000e0"#, 1.0),
+        (r#""microphone_used":10e-1"#, 1.0),
+        (r#""microphone_used":0.1E1"#, 1.0),
+        (r#""microphone_used":-0.0e7"#, 0.0),
+        (r#""microphone_used":0e-99999999999999999999"#, 0.0),
+        (r#""talked_time":1e-310"#, 1e-310),
+        (r#""talked_time":0.000e-5"#, 0.0),
+        (r#""talked_time":1,"n":1e131071"#, 1.0),
+        (r#""talked_time":1,"n":-9.9e131071"#, 1.0),
+        (r#""talked_time":1,"n":1e-16383"#, 1.0),
+        (r#""talked_time":1,"n":{"k":1,"K":2,"m":{"k":3}}"#, 1.0),
+        (r#""talked_time":1,"n":[1e400,"\ud83c\udfa7"]"#, 1.0),
+    ];
+    for (fields, value) in accepted {
+        let raw = format!("{{{OK},{fields}}}");
+        let element = check(&raw).unwrap_or_else(|e| panic!("{raw}: {e:?}"));
+        assert_eq!(element.measurements[0].value, *value, "{raw}");
+    }
+    let element = check(&format!(r#"{{{OK},"talked_time":1,"n":1e131071}}"#)).unwrap();
+    assert_eq!(
+        element.context.attributes.as_deref(),
+        Some(r#"{"n":1e131071}"#)
+    );
+}
+
+/// Issue 10, items 11 and 15: every quoted piece of an error is bounded, keys
+/// included, and text is shown as written (not as Rust escapes).
+#[test]
+fn error_texts_are_bounded_and_shown_as_written() {
+    const OK: &str = r#""user_id":"u","timestamp":"2024-08-12T12:00:00Z""#;
+    let big = "k".repeat(5_000_000);
+    let cases: Vec<String> = vec![
+        format!(r#"{{{OK},"talked_time":1,"{big}":1,"{big}":2}}"#),
+        format!(r#"{{{OK},"talked_time":1,"{big}":"\ud800"}}"#),
+        format!(r#"{{{OK},"talked_time":1,"{big}":"a\u0000"}}"#),
+        format!(r#"{{{OK},"talked_time":1,"{big}":1e131072}}"#),
+        format!(r#"{{{OK},"talked_time":1,"{big}":{{"{big}":1,"{big}":2}}}}"#),
+        format!(r#"{{{OK},"talked_time":1,"x":{{"{big}":1,"{big}":2}}}}"#),
+        format!(r#"{{{OK},"metric_type":"{big}","metric_value":1}}"#),
+        format!(r#"{{{OK},"talked_time":"{big}"}}"#),
+    ];
+    for raw in cases {
+        let (field, message, _) = check(&raw).expect_err("rejected");
+        assert!(field.len() <= 70, "field of {} bytes", field.len());
+        assert!(
+            message.len() <= 1100,
+            "message of {} bytes: {message:.200}",
+            message.len()
+        );
+    }
+    let shown: &[(String, &str)] = &[
+        (
+            format!(r#"{{{OK},"metric_type":"٣","metric_value":1}}"#),
+            r#"metric_type: "٣" is not a known metric type"#,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":"Zoë 🎧"}}"#),
+            r#"talked_time: "Zoë 🎧" is not a number"#,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":"a\"b\\c\nd"}}"#),
+            r#"talked_time: "a\"b\\c\nd" is not a number"#,
+        ),
+        (
+            format!(r#"{{{OK},"talked_time":1,"é":{{"ü":1,"ü":2}}}}"#),
+            r#"é: key "ü" appears more than once in the same object"#,
+        ),
+    ];
+    for (raw, prefix) in shown {
+        let (_, message, _) = check(raw).expect_err("rejected");
+        assert!(message.starts_with(prefix), "{message}");
+    }
+}

@@ -4,6 +4,8 @@
 //! window catches clock garbage and, above all, epoch milliseconds sent as
 //! seconds (which would otherwise land around the year 53,000).
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDateTime};
 
 /// 2000-01-01T00:00:00Z, inclusive.
@@ -28,72 +30,77 @@ pub fn parse_iso(text: &str) -> Result<i64, TimestampError> {
 }
 
 fn parse_iso_unchecked(text: &str) -> Option<i64> {
-    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
-        return Some(round_to_micros(dt.timestamp(), dt.timestamp_subsec_nanos()));
+    // The fraction is judged apart, as PostgreSQL does (datetime.c,
+    // ParseFractionalSecond): strtod of ".ddd", then rint(frac * 1e6). chrono
+    // would truncate past nanoseconds and round half up.
+    let (rest, fraction_us) = split_fraction(text)?;
+    let rest = rest.as_ref();
+    let whole_seconds = parse_whole_seconds(rest)?;
+    whole_seconds
+        .checked_mul(1_000_000)?
+        .checked_add(fraction_us)
+}
+
+/// `text` without its fractional seconds, and those as microseconds rounded as
+/// PostgreSQL's timestamp input rounds them. The first `.` of an ISO timestamp
+/// is the fraction's (dates, times and offsets have none).
+fn split_fraction(text: &str) -> Option<(Cow<'_, str>, i64)> {
+    let Some(dot) = text.find('.') else {
+        return Some((Cow::Borrowed(text), 0));
+    };
+    let digits = text[dot + 1..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    if digits == 0 || !text[..dot].ends_with(|c: char| c.is_ascii_digit()) {
+        return None;
     }
-    const WITH_OFFSET: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%.f%#z"];
+    let end = dot + 1 + digits;
+    let fraction: f64 = text[dot..end].parse().ok()?;
+    // rint: round half to even, on the double product, exactly as PostgreSQL.
+    let micros = (fraction * 1e6).round_ties_even() as i64;
+    let mut rest = String::with_capacity(text.len() - digits - 1);
+    rest.push_str(&text[..dot]);
+    rest.push_str(&text[end..]);
+    Some((Cow::Owned(rest), micros))
+}
+
+fn parse_whole_seconds(text: &str) -> Option<i64> {
+    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        return Some(dt.timestamp());
+    }
+    const WITH_OFFSET: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%#z", "%Y-%m-%d %H:%M:%S%#z"];
     for format in WITH_OFFSET {
         if let Ok(dt) = DateTime::parse_from_str(text, format) {
-            return Some(round_to_micros(dt.timestamp(), dt.timestamp_subsec_nanos()));
+            return Some(dt.timestamp());
         }
     }
-    const NAIVE: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"];
+    const NAIVE: [&str; 2] = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"];
     for format in NAIVE {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
-            let utc = naive.and_utc();
-            return Some(round_to_micros(
-                utc.timestamp(),
-                utc.timestamp_subsec_nanos(),
-            ));
+            return Some(naive.and_utc().timestamp());
         }
     }
     None
 }
 
-fn round_to_micros(seconds: i64, nanos: u32) -> i64 {
-    // PostgreSQL keeps microseconds and rounds finer input the same way.
-    seconds
-        .saturating_mul(1_000_000)
-        .saturating_add(i64::from((nanos + 500) / 1000))
-}
-
 /// A JSON number of epoch seconds, as its exact text (integer or fractional).
-/// Exact decimal arithmetic: 1722470400.000001 must not drift through f64.
+/// Read as `to_timestamp(double precision)` reads it (float8_timestamptz):
+/// the text as a double, moved to PostgreSQL's epoch, then rint(seconds * 1e6).
 pub fn parse_epoch_seconds(number_text: &str) -> Result<i64, TimestampError> {
     let micros = epoch_text_to_micros(number_text).ok_or(TimestampError::OutOfWindow)?;
     check_window(micros)
 }
 
 fn epoch_text_to_micros(text: &str) -> Option<i64> {
-    if text.contains(['e', 'E']) {
-        let seconds: f64 = text.parse().ok()?;
-        if !seconds.is_finite() || seconds.abs() > 1e12 {
-            return None;
-        }
-        return Some((seconds * 1e6).round() as i64);
-    }
-    let (negative, digits) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text),
-    };
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
-    // More than 12 digits of seconds is beyond the window whatever follows.
-    if whole.is_empty() || whole.len() > 12 || !whole.bytes().all(|b| b.is_ascii_digit()) {
+    let seconds: f64 = text.parse().ok()?;
+    // Beyond ±1e12 s is far outside the window, and keeps the cast below exact.
+    if !seconds.is_finite() || seconds.abs() > 1e12 {
         return None;
     }
-    if !fraction.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let seconds: i64 = whole.parse().ok()?;
-    let mut micros: i64 = 0;
-    for (i, digit) in fraction.bytes().take(6).enumerate() {
-        micros += i64::from(digit - b'0') * 10_i64.pow(5 - i as u32);
-    }
-    if fraction.as_bytes().get(6).is_some_and(|d| *d >= b'5') {
-        micros += 1;
-    }
-    let total = seconds * 1_000_000 + micros;
-    Some(if negative { -total } else { total })
+    const PG_EPOCH_OFFSET_S: f64 = (PG_EPOCH_OFFSET_US / 1_000_000) as f64;
+    let pg_us = ((seconds - PG_EPOCH_OFFSET_S) * 1e6).round_ties_even() as i64;
+    Some(pg_us + PG_EPOCH_OFFSET_US)
 }
 
 /// Epoch milliseconds (the `timestamp_ms` field): an integer.
@@ -145,6 +152,7 @@ mod tests {
             ("2024-08-12T12:00:00", Ok(T_2024_08_12_12)),
             ("2024-08-12T12:00:00.000001Z", Ok(T_2024_08_12_12 + 1)),
             ("2024-08-12T12:00:00.0000015Z", Ok(T_2024_08_12_12 + 2)),
+            ("2024-08-12T12:00:00.0000025Z", Ok(T_2024_08_12_12 + 2)),
             ("2024-08-12 12:00:00+00", Ok(T_2024_08_12_12)),
             ("not a date", Err(TimestampError::NotIso)),
             ("2024-13-12T12:00:00Z", Err(TimestampError::NotIso)),

@@ -7,12 +7,14 @@
 
 use pgrx::prelude::*;
 
+use pgrx::PgMemoryContexts;
+
 use super::datum::{jsonb_text, text_datum, Column};
-use super::errors::{raise, raise_payload, raise_rejection};
+use super::errors::{raise, raise_internal, raise_payload, raise_rejection};
 use super::registry_cache::registry;
 use super::sink::Repeat;
 use super::writer::{Path, Writer};
-use crate::core::element::validate_json_element;
+use crate::core::element::{preview_str, validate_json_element};
 use crate::core::payload::for_each_element;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -33,6 +35,14 @@ enum Status {
 }
 
 impl Status {
+    const ALL: [Status; 5] = [
+        Status::Inserted,
+        Status::Duplicate,
+        Status::Rejected,
+        Status::Skipped,
+        Status::Conflict,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Status::Inserted => "inserted",
@@ -44,14 +54,64 @@ impl Status {
     }
 }
 
-/// One row of the result, in order: ordinal, status, error, field, metrics_stored.
-/// Kept small (16 bytes): a batch of a million elements holds a million of them.
+/// One element's verdict, in order: its ordinal is its position in the list
+/// plus one. Kept to 8 bytes: a 4 MB payload of scalars has 2,000,000
+/// elements. A rejection's texts (error, field) go to `RejectionTexts`.
+#[derive(Clone, Copy)]
 struct Outcome {
-    ordinal: u32,
     metrics_stored: u32,
     status: Status,
-    /// (error, field), for rejected elements only.
-    rejection: Option<Box<(String, String)>>,
+    /// For a conflict: the first column that differs from the stored event.
+    differs: Option<Column>,
+}
+
+/// The (error, field) texts of the rejected elements, in ordinal order, in a
+/// tuplestore: it keeps up to work_mem in memory and spills the rest to a
+/// temporary file, so a payload of millions of rejections costs disk, not
+/// memory. Read back once, in the same order, when the result is built.
+struct RejectionTexts {
+    store: *mut pg_sys::Tuplestorestate,
+    descriptor: pg_sys::TupleDesc,
+    /// Where each row's text datums are built; reset after every row.
+    scratch: PgMemoryContexts,
+}
+
+impl RejectionTexts {
+    fn new() -> RejectionTexts {
+        // SAFETY: plain allocations in the current (per-call) memory context,
+        // which outlives this value: it is used and dropped within the call.
+        unsafe {
+            let descriptor = pg_sys::CreateTemplateTupleDesc(2);
+            pg_sys::TupleDescInitEntry(descriptor, 1, c"error".as_ptr(), pg_sys::TEXTOID, -1, 0);
+            pg_sys::TupleDescInitEntry(descriptor, 2, c"field".as_ptr(), pg_sys::TEXTOID, -1, 0);
+            let store = pg_sys::tuplestore_begin_heap(false, false, pg_sys::work_mem);
+            RejectionTexts {
+                store,
+                descriptor,
+                scratch: PgMemoryContexts::new("metrics_ingest rejection text"),
+            }
+        }
+    }
+
+    fn push(&mut self, error: &str, field: &str) {
+        let (store, descriptor) = (self.store, self.descriptor);
+        // SAFETY: the datums are built in `scratch` and copied by
+        // tuplestore_putvalues into the store's own memory (or its temporary
+        // file) before `scratch` is reset.
+        unsafe {
+            self.scratch.switch_to(|_| {
+                let mut values = [text_datum(error), text_datum(field)];
+                let mut nulls = [false; 2];
+                pg_sys::tuplestore_putvalues(
+                    store,
+                    descriptor,
+                    values.as_mut_ptr(),
+                    nulls.as_mut_ptr(),
+                );
+            });
+            self.scratch.reset();
+        }
+    }
 }
 
 fn on_error_mode(on_error: Option<&str>) -> OnError {
@@ -60,7 +120,10 @@ fn on_error_mode(on_error: Option<&str>) -> OnError {
         Some("stop") => OnError::Stop,
         Some(other) => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("on_error must be 'reject' or 'stop', not {:?}", other),
+            format!(
+                "on_error must be 'reject' or 'stop', not \"{}\"",
+                preview_str(other)
+            ),
         ),
         None => raise(
             PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
@@ -88,11 +151,12 @@ pub unsafe extern "C-unwind" fn ingest_json_text_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     let mode = on_error_mode(pgrx::pg_getarg::<&str>(fcinfo, 1));
+    let mut texts = RejectionTexts::new();
     let outcomes = match pgrx::pg_getarg::<&str>(fcinfo, 0) {
-        Some(payload) => ingest(payload, mode),
+        Some(payload) => ingest(payload, mode, &mut texts),
         None => Vec::new(),
     };
-    return_outcomes(fcinfo, &outcomes)
+    return_outcomes(fcinfo, &outcomes, texts)
 }
 
 /// For `jsonb` payloads: jsonb has already merged duplicate keys and refused
@@ -103,14 +167,15 @@ pub unsafe extern "C-unwind" fn ingest_json_jsonb_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
     let mode = on_error_mode(pgrx::pg_getarg::<&str>(fcinfo, 1));
+    let mut texts = RejectionTexts::new();
     let outcomes = match pgrx::pg_getarg_datum(fcinfo, 0) {
-        Some(datum) => ingest(&jsonb_text(datum), mode),
+        Some(datum) => ingest(&jsonb_text(datum), mode, &mut texts),
         None => Vec::new(),
     };
-    return_outcomes(fcinfo, &outcomes)
+    return_outcomes(fcinfo, &outcomes, texts)
 }
 
-fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
+fn ingest(payload: &str, mode: OnError, texts: &mut RejectionTexts) -> Vec<Outcome> {
     let registry = registry();
     let mut writer = Writer::open(Path::Bulk);
     let mut outcomes: Vec<Outcome> = Vec::new();
@@ -130,11 +195,9 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
                     Status::Skipped
                 };
                 outcomes.push(Outcome {
-                    // A payload is under 1 GB, so it has fewer than 2^32 elements.
-                    ordinal: ordinal as u32,
                     status,
-                    rejection: stored.conflict.map(conflict_report),
                     metrics_stored: stored.inserted,
+                    differs: stored.conflict,
                 });
             }
             Err(rejection) => {
@@ -142,12 +205,11 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
                     raise_rejection(&rejection, Some(ordinal));
                 }
                 writer.reject("ingest_json", ordinal, raw, &rejection);
-                let reported = Box::new((rejection.to_string(), rejection.field));
+                texts.push(&rejection.to_string(), &rejection.field);
                 outcomes.push(Outcome {
-                    ordinal: ordinal as u32,
                     status: Status::Rejected,
-                    rejection: Some(reported),
                     metrics_stored: 0,
+                    differs: None,
                 });
             }
         }
@@ -164,7 +226,7 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
             if let Repeat::Conflict(column) = repeat {
                 if outcome.status != Status::Conflict {
                     outcome.status = Status::Conflict;
-                    outcome.rejection = Some(conflict_report(column));
+                    outcome.differs = Some(column);
                 }
             } else if outcome.metrics_stored == 0 && outcome.status == Status::Inserted {
                 outcome.status = Status::Duplicate;
@@ -174,50 +236,58 @@ fn ingest(payload: &str, mode: OnError) -> Vec<Outcome> {
     outcomes
 }
 
-/// (error, field) of a conflicting repeat.
-fn conflict_report(column: Column) -> Box<(String, String)> {
-    Box::new((
-        format!(
-            "{}: differs from the stored event with this event_id; nothing was stored for it",
-            column.name()
-        ),
-        column.name().to_string(),
-    ))
+/// The error text of a conflicting repeat whose `column` differs.
+fn conflict_error(column: Column) -> String {
+    format!(
+        "{}: differs from the stored event with this event_id; nothing was stored for it",
+        column.name()
+    )
 }
 
-unsafe fn return_outcomes(fcinfo: pg_sys::FunctionCallInfo, outcomes: &[Outcome]) -> pg_sys::Datum {
+unsafe fn return_outcomes(
+    fcinfo: pg_sys::FunctionCallInfo,
+    outcomes: &[Outcome],
+    texts: RejectionTexts,
+) -> pg_sys::Datum {
     pg_sys::InitMaterializedSRF(fcinfo, 0);
     let result_info = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
     let (store, descriptor) = ((*result_info).setResult, (*result_info).setDesc);
-    // tuplestore_putvalues copies each row, so its text datums can go right after.
-    let row_context = pg_sys::AllocSetContextCreateExtended(
-        pg_sys::CurrentMemoryContext,
-        c"metrics_ingest outcome".as_ptr(),
-        pg_sys::ALLOCSET_DEFAULT_MINSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_INITSIZE as usize,
-        pg_sys::ALLOCSET_DEFAULT_MAXSIZE as usize,
-    );
-    // The three statuses are built once; only a rejection has text of its own.
-    let statuses = [
-        Status::Inserted,
-        Status::Duplicate,
-        Status::Rejected,
-        Status::Skipped,
-    ]
-    .map(|s| (s, text_datum(s.as_str())));
-    let caller_context = pg_sys::MemoryContextSwitchTo(row_context);
-    for outcome in outcomes {
-        let (error, field) = match outcome.rejection.as_deref() {
-            Some((error, field)) => (Some(text_datum(error)), Some(text_datum(field))),
-            None => (None, None),
+    // The statuses are built once; a rejection's texts are read back, in
+    // order, from `texts` (whose slot holds them until the next read); a
+    // conflict's are built from its column, in a context reset after each.
+    let statuses = Status::ALL.map(|s| (s, text_datum(s.as_str())));
+    let mut conflict_memory = PgMemoryContexts::new("metrics_ingest conflict text");
+    let slot = pg_sys::MakeSingleTupleTableSlot(texts.descriptor, &pg_sys::TTSOpsMinimalTuple);
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let (error, field) = if outcome.status == Status::Rejected {
+            // SAFETY: one text row was pushed per rejected outcome, in this order;
+            // copy = false keeps the tuple in the store until the next read,
+            // after tuplestore_putvalues below has copied it.
+            if !pg_sys::tuplestore_gettupleslot(texts.store, true, false, slot) {
+                raise_internal("rejection texts", "fewer than the rejected elements");
+            }
+            pg_sys::slot_getallattrs(slot);
+            let values = std::slice::from_raw_parts((*slot).tts_values, 2);
+            (Some(values[0]), Some(values[1]))
+        } else if let Some(column) = outcome.differs {
+            pg_sys::MemoryContextReset(conflict_memory.value());
+            conflict_memory.switch_to(|_| {
+                (
+                    Some(text_datum(&conflict_error(column))),
+                    Some(text_datum(column.name())),
+                )
+            })
+        } else {
+            (None, None)
         };
         let status = statuses
             .iter()
             .find(|(s, _)| *s == outcome.status)
             .map(|(_, d)| *d);
         let columns = [
+            // A payload is under 1 GB, so it has fewer than 2^31 elements.
             Some(pg_sys::Datum::from(
-                i32::try_from(outcome.ordinal).unwrap_or(i32::MAX),
+                i32::try_from(index + 1).unwrap_or(i32::MAX),
             )),
             status,
             error,
@@ -227,11 +297,8 @@ unsafe fn return_outcomes(fcinfo: pg_sys::FunctionCallInfo, outcomes: &[Outcome]
         let mut values = columns.map(|c| c.unwrap_or(pg_sys::Datum::from(0)));
         let mut nulls = columns.map(|c| c.is_none());
         pg_sys::tuplestore_putvalues(store, descriptor, values.as_mut_ptr(), nulls.as_mut_ptr());
-        if outcome.rejection.is_some() {
-            pg_sys::MemoryContextReset(row_context);
-        }
     }
-    pg_sys::MemoryContextSwitchTo(caller_context);
-    pg_sys::MemoryContextDelete(row_context);
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::tuplestore_end(texts.store);
     pg_sys::Datum::from(0)
 }

@@ -35,6 +35,15 @@ pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize)
 /// function drops the planned defaults and CHECKs, as the plan cache does.
 #[pgrx::pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // pgrx's panic hook captures a std Backtrace for every error that crosses
+    // Rust (a PostgreSQL error raised under an FFI call, a panic) and puts it in
+    // the error's DETAIL, which every client sees: internals leaked to any
+    // writer whenever the server runs with RUST_BACKTRACE set. std reads
+    // RUST_LIB_BACKTRACE before RUST_BACKTRACE, once, on the first capture in
+    // this library (none has happened yet: this runs when it is loaded), so 0
+    // here turns capture off whatever the server's environment says.
+    // A backend runs one thread, so nothing reads the environment concurrently.
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     let callbacks: [pgrx::pg_sys::RelcacheCallbackFunction; 3] = [
         Some(registry_cache::on_relcache_invalidation),
         Some(table::on_relcache_invalidation),

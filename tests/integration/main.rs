@@ -6,6 +6,7 @@
 
 mod dump_restore;
 mod faults;
+mod hardening;
 mod hostile;
 mod install;
 mod load;
