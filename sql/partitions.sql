@@ -78,6 +78,24 @@ BEGIN
     END IF;
     EXECUTE format('CREATE TABLE metrics_ingest.%I (LIKE metrics_ingest.metrics '
                    'INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)', name);
+    -- The keys and indexes of every partition (see metrics in sql/schema.sql). user_id and
+    -- "timestamp" lead every key: one user's metrics over a time range is the commonest
+    -- query, and the table can be distributed by user without dropping a constraint.
+    EXECUTE format('ALTER TABLE metrics_ingest.%I ADD CONSTRAINT %I PRIMARY KEY (user_id, "timestamp", id)',
+                   name, name || '_pkey');
+    -- Idempotency: the same event (user, event_id, metric type, timestamp) is stored at
+    -- most once. Partial, so rows without an event_id cost nothing here.
+    EXECUTE format('CREATE UNIQUE INDEX %I ON metrics_ingest.%I (user_id, event_id, metric_type, "timestamp") '
+                   'WHERE event_id IS NOT NULL', name || '_event_key', name);
+    -- One session's metrics, in time order.
+    EXECUTE format('CREATE INDEX %I ON metrics_ingest.%I (session_id, "timestamp") WHERE session_id IS NOT NULL',
+                   name || '_session_idx', name);
+    -- One metric type over time (dashboards, aggregates per type).
+    EXECUTE format('CREATE INDEX %I ON metrics_ingest.%I (metric_type, "timestamp")',
+                   name || '_type_time_idx', name);
+    -- Time ranges across all users: rows arrive roughly in time order, so BRIN is tiny.
+    EXECUTE format('CREATE INDEX %I ON metrics_ingest.%I USING brin ("timestamp")',
+                   name || '_time_brin', name);
     EXECUTE format('ALTER TABLE metrics_ingest.metrics ATTACH PARTITION metrics_ingest.%I '
                    'FOR VALUES FROM (%L) TO (%L)', name, cell_lower, cell_upper);
     RETURN format('metrics_ingest.%I', name)::regclass;

@@ -115,29 +115,21 @@ CREATE TABLE metrics_ingest.metrics (
     event_id text,
     -- fields the schema does not know, kept rather than dropped
     attributes jsonb,
-    ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    -- user_id and "timestamp" lead every key, so the table is partitioned by time (and
-    -- can be distributed by user) without dropping a constraint. This key also serves
-    -- the commonest query: one user's metrics over a time range.
-    CONSTRAINT metrics_pkey PRIMARY KEY (user_id, "timestamp", id)
+    ingested_at timestamptz NOT NULL DEFAULT pg_catalog.now()
 ) PARTITION BY RANGE ("timestamp");
 -- Partitions are made on demand (metrics_ingest.partition_for, called by ingest_json and
 -- insert_metric when a row's time falls in none), named for the start of their range
 -- (metrics_p20240812), and dropped whole by run_maintenance once older than the retention.
 -- There is deliberately no default partition: late data gets a partition of its own.
 
--- Idempotency: the same event (user, event_id, metric type, timestamp) is stored at most
--- once. Partial, so rows without an event_id cost nothing here.
-CREATE UNIQUE INDEX metrics_event_key ON metrics_ingest.metrics
-    (user_id, event_id, metric_type, "timestamp") WHERE event_id IS NOT NULL;
--- One session's metrics, in time order.
-CREATE INDEX metrics_session_idx ON metrics_ingest.metrics (session_id, "timestamp")
-    WHERE session_id IS NOT NULL;
--- One metric type over time (dashboards, aggregates per type).
-CREATE INDEX metrics_type_time_idx ON metrics_ingest.metrics (metric_type, "timestamp");
--- Time ranges across all users: rows arrive roughly in time order, so a BRIN index
--- is tiny and nearly free to maintain.
-CREATE INDEX metrics_time_brin ON metrics_ingest.metrics USING brin ("timestamp");
+-- The keys and indexes live on each partition (see partition_for in sql/partitions.sql):
+-- primary key (user_id, "timestamp", id); the event key, unique (user_id, event_id,
+-- metric_type, "timestamp") WHERE event_id IS NOT NULL; (session_id, "timestamp");
+-- (metric_type, "timestamp"); BRIN ("timestamp"). Both unique keys include "timestamp",
+-- the partition key, so unique in each partition is unique in the table. None is declared
+-- on the partitioned table itself: an extension's table whose partitions carry indexes
+-- attached to its own would not survive pg_dump and pg_restore (the restore's ATTACH
+-- PARTITION would make the partitions' indexes before the dump makes them again).
 
 SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metrics', '');
 SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.metrics_id_seq', '');

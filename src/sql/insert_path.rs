@@ -3,14 +3,18 @@
 //! rule, policy, default, constraint and partition route. Used for tables and
 //! partitions the fast path cannot write (see `table`).
 //!
-//! Rows with an event_id name the event key as the conflict arbiter, so a
-//! conflict on any other unique index raises instead of passing for a
-//! duplicate. A row that was not stored is reported for what it was: a
-//! duplicate if its event key is stored, otherwise `skipped` (a BEFORE trigger
-//! returned NULL, or a DO INSTEAD rule replaced the INSERT). INSERT ... ON
-//! CONFLICT is refused on tables with INSERT rules (0A000), so there the key
-//! is looked up first and the row inserted plainly; a concurrent duplicate then
-//! raises unique_violation (23505) rather than passing silently.
+//! Rows with an event_id go in with ON CONFLICT DO NOTHING. The partitioned
+//! table declares no unique index of its own (each partition has its keys, see
+//! sql/schema.sql), so the arbiter cannot be named there; instead a row that
+//! was not stored is looked up by its event key: if that is stored, the row is
+//! a duplicate (or a conflict, if its values differ). If not, DO NOTHING was
+//! not about the event key: the row is inserted again without ON CONFLICT, so
+//! PostgreSQL says what really happened: a conflict on another unique index
+//! raises unique_violation (23505), and a row a BEFORE trigger or a DO INSTEAD
+//! rule keeps out is reported `skipped`. INSERT ... ON CONFLICT is refused on
+//! tables with INSERT rules (0A000), so there the key is looked up first and
+//! the row inserted plainly; a concurrent duplicate then raises 23505 rather
+//! than passing silently.
 
 use std::cell::Cell;
 use std::ffi::{c_char, CString};
@@ -34,9 +38,7 @@ macro_rules! insert_metric {
     };
 }
 const INSERT_PLAIN: &str = insert_metric!("");
-const INSERT_EVENT: &str = insert_metric!(
-    " ON CONFLICT (user_id, event_id, metric_type, \"timestamp\") WHERE event_id IS NOT NULL DO NOTHING"
-);
+const INSERT_EVENT: &str = insert_metric!(" ON CONFLICT DO NOTHING");
 /// The stored row of an event key (the INSERT's parameters $1, $2, $4, $11):
 /// '' when its other columns equal the new row's, else the first that differs.
 const EVENT_STORED: &str = "SELECT CASE \
@@ -111,20 +113,16 @@ impl Sink for InsertPath {
                         continue;
                     }
                 }
-                let status = pg_sys::SPI_execute_plan(
-                    plan,
-                    values.as_ptr().cast_mut(),
-                    nulls.as_ptr(),
-                    false,
-                    0,
-                );
-                // A DO INSTEAD rule turns the INSERT into other statements.
-                if status != pg_sys::SPI_OK_INSERT as i32
-                    && status != pg_sys::SPI_OK_REWRITTEN as i32
-                {
-                    raise_internal("inserting a metric", format!("SPI status {status}"));
+                let mut inserted = insert_row(plan, &values, &nulls);
+                if !inserted && has_event && !self.rules {
+                    if let Some(repeat) = repeat_of(&values, &nulls) {
+                        stored.repeat(repeat);
+                        continue;
+                    }
+                    let plain = kept_plan(&PLAIN_PLAN, INSERT_PLAIN, &parameter_types());
+                    inserted = insert_row(plain, &values, &nulls);
                 }
-                if pg_sys::SPI_processed > 0 && status == pg_sys::SPI_OK_INSERT as i32 {
+                if inserted {
                     stored.inserted += 1;
                 } else if let Some(repeat) = has_event.then(|| repeat_of(&values, &nulls)).flatten()
                 {
@@ -140,6 +138,24 @@ impl Sink for InsertPath {
 
     fn finish(self: Box<Self>) -> Vec<(usize, Repeat)> {
         Vec::new()
+    }
+}
+
+/// Runs one INSERT plan; true if it stored the row.
+unsafe fn insert_row(
+    plan: pg_sys::SPIPlanPtr,
+    values: &[pg_sys::Datum; SUPPLIED],
+    nulls: &[c_char; SUPPLIED],
+) -> bool {
+    // SAFETY: the plan takes the twelve supplied columns as parameters, in order.
+    unsafe {
+        let status =
+            pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), nulls.as_ptr(), false, 0);
+        // A DO INSTEAD rule turns the INSERT into other statements.
+        if status != pg_sys::SPI_OK_INSERT as i32 && status != pg_sys::SPI_OK_REWRITTEN as i32 {
+            raise_internal("inserting a metric", format!("SPI status {status}"));
+        }
+        pg_sys::SPI_processed > 0 && status == pg_sys::SPI_OK_INSERT as i32
     }
 }
 

@@ -87,6 +87,15 @@ mod tests {
             verdicts(&payload),
             "inserted:1,inserted:1,inserted:1,inserted:1,inserted:1"
         );
+        // Each partition has the keys and indexes.
+        assert_eq!(
+            text(
+                "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes \
+                  WHERE schemaname = 'metrics_ingest' AND tablename = 'metrics_p20210601'"
+            ),
+            "metrics_p20210601_event_key,metrics_p20210601_pkey,metrics_p20210601_session_idx,\
+             metrics_p20210601_time_brin,metrics_p20210601_type_time_idx"
+        );
         assert_eq!(
             partitions(),
             "metrics_ingest.metrics_p20000101 [2000-01-01 00:00, 2000-01-02 00:00); \
@@ -348,7 +357,7 @@ mod tests {
             verdicts(&event("k", "2024-01-01T10:00:00Z", "k1")),
             "duplicate:0"
         );
-        run("ALTER INDEX metrics_ingest.metrics_event_key RENAME TO renamed_event_key");
+        run("ALTER INDEX metrics_ingest.metrics_p20240101_event_key RENAME TO renamed_event_key");
         assert_eq!(
             verdicts(&event("k", "2024-01-01T10:00:00Z", "k1")),
             "duplicate:0"
