@@ -297,9 +297,10 @@ FROM (SELECT DISTINCT pg_catalog.date_bin('1 day', "timestamp", '2000-01-01 00:0
       FROM metrics_ingest.metrics_0_1_1) days
 ORDER BY day;
 
-INSERT INTO metrics_ingest.metrics OVERRIDING SYSTEM VALUE
+INSERT INTO metrics_ingest.metrics
     (id, "timestamp", user_id, session_id, metric_type, metric_value, metric_label, device_id,
      app_version, location, sentiment_score, event_id, attributes, ingested_at)
+OVERRIDING SYSTEM VALUE
 SELECT id, "timestamp", user_id, session_id, metric_type, metric_value, metric_label, device_id,
        app_version, location, sentiment_score, event_id, attributes, ingested_at
 FROM metrics_ingest.metrics_0_1_1;
