@@ -11,6 +11,10 @@ COMMENT ON TABLE metrics_ingest.metric_types IS
     'The registry of metric types and how each value is validated. Add one with a single INSERT.';
 COMMENT ON TABLE metrics_ingest.rejected IS
     'Dead letters: every element ingest_json refused, as received, with the field and the reason';
+COMMENT ON COLUMN metrics_ingest.rejected.event_id IS
+    'The element''s event_id when readable; an element with one is kept once per exact text (re-sending it adds no row)';
+COMMENT ON COLUMN metrics_ingest.rejected.user_id IS
+    'The element''s user_id when readable (a JSON object with a valid user_id), else NULL';
 COMMENT ON FUNCTION metrics_ingest.ingest_json(text, text) IS
     'Validates and stores a JSON array of metric events (or one object); returns one verdict per element';
 COMMENT ON FUNCTION metrics_ingest.ingest_json(json, text) IS
@@ -21,3 +25,5 @@ COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text,
     'Stores one metric event, validated like ingest_json; raises a class-22 error naming the field';
 COMMENT ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) IS
     'As insert_metric with a text value, for numeric values';
+COMMENT ON FUNCTION metrics_ingest.ingest(json) IS
+    'ingest_json(payload, ''reject'') under one unnamed json parameter: the entry point PostgREST gives a raw request body (POST /rpc/ingest)';

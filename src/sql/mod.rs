@@ -2,6 +2,7 @@
 //! Every SQL object is declared in sql/*.sql; the Rust functions here only
 //! export their C symbols (`sql = false`).
 
+mod citus;
 mod direct;
 mod errors;
 mod ingest;

@@ -13,7 +13,7 @@ use pgrx::pg_sys;
 
 use super::direct::{Buffered, DirectTable};
 use super::errors::raise_internal;
-use crate::core::element::{Context, Measurement, ValidElement};
+use crate::core::element::{rejected_ids, Context, Measurement, ValidElement};
 use crate::core::error::Rejection;
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
 
@@ -46,11 +46,18 @@ const INSERT_METRIC_TYPES: [pg_sys::Oid; 12] = [
     pg_sys::JSONBOID,
 ];
 
+/// A dead letter. An element with a readable event_id is kept once per exact
+/// text (the unique index rejected_event_key on (event_id, md5(element))): the
+/// same bad element sent again conflicts and adds nothing. Without an event_id
+/// nothing can conflict, and every copy is kept.
 const INSERT_REJECTED: &str = "INSERT INTO metrics_ingest.rejected \
-    (source, ordinal, element, field, error, sqlstate) VALUES ($1, $2, $3, $4, $5, $6)";
-const INSERT_REJECTED_TYPES: [pg_sys::Oid; 6] = [
+    (source, ordinal, element, field, error, sqlstate, user_id, event_id) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING";
+const INSERT_REJECTED_TYPES: [pg_sys::Oid; 8] = [
     pg_sys::TEXTOID,
     pg_sys::INT4OID,
+    pg_sys::TEXTOID,
+    pg_sys::TEXTOID,
     pg_sys::TEXTOID,
     pg_sys::TEXTOID,
     pg_sys::TEXTOID,
@@ -181,11 +188,30 @@ impl Writer {
         inserted
     }
 
-    pub fn reject(&mut self, source: &str, ordinal: usize, element: &str, rejection: &Rejection) {
+    /// Keeps a refused element in `rejected`, with its user_id and event_id when
+    /// they can be read. Returns false when it was there already (the same
+    /// element, with an event_id, sent before).
+    pub fn reject(
+        &mut self,
+        source: &str,
+        ordinal: usize,
+        element: &str,
+        rejection: &Rejection,
+    ) -> bool {
         self.connect_spi();
         let plan = kept_plan(&REJECTED_PLAN, INSERT_REJECTED, &INSERT_REJECTED_TYPES);
+        let ids = rejected_ids(element);
+        // SAFETY: SPI is connected (connect_spi above) and the plan is kept; every
+        // datum is built in row_context, which outlives the call and is reset after
+        // it, once we are back in the caller's context.
         unsafe {
             pg_sys::MemoryContextSwitchTo(self.row_context);
+            let optional = |value: Option<&str>| match value {
+                Some(text) => (text_datum(text), b' ' as c_char),
+                None => (pg_sys::Datum::from(0), b'n' as c_char),
+            };
+            let (user_id, user_id_null) = optional(ids.user_id.as_deref());
+            let (event_id, event_id_null) = optional(ids.event_id.as_deref());
             let values = [
                 text_datum(source),
                 pg_sys::Datum::from(i32::try_from(ordinal).unwrap_or(i32::MAX)),
@@ -193,8 +219,20 @@ impl Writer {
                 text_datum(&rejection.field),
                 text_datum(&rejection.message),
                 text_datum(rejection.kind.sqlstate()),
+                user_id,
+                event_id,
             ];
-            let nulls = [b' ' as c_char; 6];
+            let blank = b' ' as c_char;
+            let nulls = [
+                blank,
+                blank,
+                blank,
+                blank,
+                blank,
+                blank,
+                user_id_null,
+                event_id_null,
+            ];
             let status = pg_sys::SPI_execute_plan(
                 plan,
                 values.as_ptr().cast_mut(),
@@ -205,8 +243,10 @@ impl Writer {
             if status != pg_sys::SPI_OK_INSERT as i32 {
                 raise_internal("inserting into rejected", format!("SPI status {status}"));
             }
+            let stored = pg_sys::SPI_processed == 1;
             pg_sys::MemoryContextSwitchTo(self.caller_context);
             pg_sys::MemoryContextReset(self.row_context);
+            stored
         }
     }
 

@@ -9,6 +9,7 @@ mod faults;
 mod hostile;
 mod install;
 mod load;
+mod pipelines;
 mod security;
 mod support;
 mod upgrade;
