@@ -178,3 +178,53 @@ fn ingest_json_entry_point_serves_a_raw_body_to_writers_only() {
         6
     );
 }
+
+#[test]
+fn the_update_to_0_2_0_reads_the_ids_of_existing_dead_letters() {
+    let db = TestDb::new("pipe_upgrade_host");
+    let old = db.beside("pipe_upgrade_0_1_1", false);
+    let mut c = old.connect();
+    c.batch_execute("CREATE EXTENSION metrics_ingest VERSION '0.1.1'")
+        .unwrap_or_else(|e| panic!("install 0.1.1: {}", error_text(&e)));
+    let bad = r#"{"user_id":"up-u","event_id":"up-e","timestamp":1722470400,"talked_time":-1}"#;
+    // 0.1.1 keeps a dead letter per send: the same element twice gives two rows.
+    let payload = format!(
+        r#"[{bad}, {bad}, {{"user_id":7,"event_id":123,"talked_time":"x"}}, 42,
+            {{"user_id":"dup","event_id":"a","event_id":"b"}}, {{"timestamp":"yesterday"}}]"#
+    );
+    assert_eq!(
+        ingest(&mut c, &payload)
+            .iter()
+            .filter(|o| o.status == "rejected")
+            .count(),
+        6
+    );
+    c.batch_execute("ALTER EXTENSION metrics_ingest UPDATE TO '0.2.0'")
+        .unwrap_or_else(|e| panic!("update: {}", error_text(&e)));
+    // The ids as the core reads them; of the two copies of one element, the oldest
+    // keeps its event_id (the key), the later one gets NULL and stays.
+    assert_eq!(
+        texts(
+            &mut c,
+            "SELECT concat_ws('|', ordinal, coalesce(user_id, '-'), coalesce(event_id, '-')) \
+             FROM metrics_ingest.rejected ORDER BY id"
+        ),
+        [
+            "1|up-u|up-e",
+            "2|up-u|-",
+            "3|7|123",
+            "4|-|-",
+            "5|dup|-",
+            "6|-|-"
+        ]
+    );
+    // And from now on the element is recognised.
+    assert_eq!(ingest(&mut c, &format!("[{bad}]"))[0].status, "rejected");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM metrics_ingest.rejected WHERE user_id = 'up-u'"
+        ),
+        2
+    );
+}
