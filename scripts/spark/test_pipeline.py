@@ -169,6 +169,9 @@ def main():
           f"({len(good) + len(bad)} distinct lines)", flush=True)
     print(f"    throughput: {events / max(seconds, 1e-9):,.0f} events/s over the restarted run "
           f"({events} events in {seconds:.1f}s, local[2]); seed 004 reports ~100 events/s", flush=True)
+    sink = sum(x["finished"] - x["started"] for x in run2)
+    print(f"    inside foreachBatch (collect, build the payload, ingest_json, commit): "
+          f"{events / max(sink, 1e-9):,.0f} events/s ({sink:.1f}s of the {seconds:.1f}s)", flush=True)
     print("spark pipeline test: PASS", flush=True)
     return 0
 

@@ -53,6 +53,11 @@ const INSERT_METRIC_TYPES: [pg_sys::Oid; 12] = [
 const INSERT_REJECTED: &str = "INSERT INTO metrics_ingest.rejected \
     (source, ordinal, element, field, error, sqlstate, user_id, event_id) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING";
+/// The dead-letter insert of a 0.1.x catalog, whose `rejected` has no user_id or
+/// event_id yet: the library is replaced before `ALTER EXTENSION ... UPDATE` runs,
+/// and must keep working in between. It takes the first six parameters.
+const INSERT_REJECTED_0_1: &str = "INSERT INTO metrics_ingest.rejected \
+    (source, ordinal, element, field, error, sqlstate) VALUES ($1, $2, $3, $4, $5, $6)";
 const INSERT_REJECTED_TYPES: [pg_sys::Oid; 8] = [
     pg_sys::TEXTOID,
     pg_sys::INT4OID,
@@ -69,6 +74,7 @@ thread_local! {
     static METRIC_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
     static EVENT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
     static REJECTED_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static REJECTED_PLAN_0_1: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 /// Open for the duration of one SQL call: holds the direct path (or, when
@@ -199,7 +205,16 @@ impl Writer {
         rejection: &Rejection,
     ) -> bool {
         self.connect_spi();
-        let plan = kept_plan(&REJECTED_PLAN, INSERT_REJECTED, &INSERT_REJECTED_TYPES);
+        let with_ids = rejected_has_ids();
+        let plan = if with_ids {
+            kept_plan(&REJECTED_PLAN, INSERT_REJECTED, &INSERT_REJECTED_TYPES)
+        } else {
+            kept_plan(
+                &REJECTED_PLAN_0_1,
+                INSERT_REJECTED_0_1,
+                &INSERT_REJECTED_TYPES[..6],
+            )
+        };
         let ids = rejected_ids(element);
         // SAFETY: SPI is connected (connect_spi above) and the plan is kept; every
         // datum is built in row_context, which outlives the call and is reset after
@@ -261,6 +276,21 @@ impl Writer {
             }
         }
         late_duplicates
+    }
+}
+
+/// Whether `metrics_ingest.rejected` has the columns of 0.2.0 (user_id, event_id;
+/// the upgrade adds them with the unique index rejected_event_key). False between
+/// installing this library and `ALTER EXTENSION metrics_ingest UPDATE` from 0.1.x,
+/// when dead letters are written as 0.1.x wrote them. Three syscache lookups.
+fn rejected_has_ids() -> bool {
+    // SAFETY: syscache lookups by static NUL-terminated names; nothing is kept.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), true);
+        let relid = pg_sys::get_relname_relid(c"rejected".as_ptr(), namespace);
+        relid != pg_sys::InvalidOid
+            && pg_sys::get_attnum(relid, c"event_id".as_ptr())
+                != pg_sys::InvalidAttrNumber as pg_sys::AttrNumber
     }
 }
 

@@ -168,7 +168,7 @@ fn ingest_json_entry_point_serves_a_raw_body_to_writers_only() {
              has_function_privilege('metrics_ingest_writer', p.oid, 'EXECUTE')) \
              FROM pg_proc p WHERE p.oid = 'metrics_ingest.ingest(json)'::regprocedure"
         ),
-        ["v|u|false|false|search_path=pg_catalog, pg_temp|false|true"]
+        ["v|u|f|f|search_path=pg_catalog, pg_temp|f|t"]
     );
     assert_eq!(
         count(
