@@ -11,7 +11,9 @@
 #   6. a fresh test cluster on 127.0.0.1:54330 (data in .pgtest/clusters/54330)
 #   7. integration tests: cargo test -p metrics_ingest_tests --release
 #   8. smoke: scripts/sample_data.sql into a fresh database, seed rows checked
-#   9. stop the test cluster (also done on failure)
+#   9. seed 004's pipeline: the PySpark job (scripts/spark) into a fresh database,
+#      its driver SIGKILLed after a stored batch and restarted from its checkpoint
+#  10. stop the test cluster (also done on failure)
 #
 # Works as root (clusters then run as the `postgres` OS user) or as a user
 # with sudo. CI runs it through .ci/run with CI=true and no stdin.
@@ -208,6 +210,64 @@ CHECKS
     SMOKE_CHECKS_PASSED=$((SMOKE_CHECKS_PASSED + 1))
 }
 
+# ---------------------------------------------------------------------------
+# Seed 004's pipeline (scripts/spark): generator -> hot folder -> PySpark ->
+# ingest_json, with a crash and a restart. pyspark and psycopg come from PyPI
+# into a virtualenv of the checkout (.pgtest, ignored by git), kept between runs.
+# ---------------------------------------------------------------------------
+SPARK_VENV=$PGTEST_DIR/spark-venv
+SPARK_DB=metrics_spark_pipeline
+SPARK_ROLE=mi_spark_writer
+
+ensure_spark_env() {
+    # Spark 3.5 runs on Java 8, 11 or 17; Debian bookworm ships 17.
+    if ! java -version 2>&1 | grep -q 'version "17'; then
+        ensure_packages openjdk-17-jre-headless
+    fi
+    local jvm
+    for jvm in /usr/lib/jvm/java-17-openjdk-*; do
+        if [[ -x $jvm/bin/java ]]; then
+            export JAVA_HOME=$jvm
+            break
+        fi
+    done
+    log "java: $("${JAVA_HOME:-/usr}/bin/java" -version 2>&1 | head -n 1)"
+    if ! "$SPARK_VENV/bin/python" -c 'import pyspark, psycopg' >/dev/null 2>&1; then
+        log "installing scripts/spark/requirements.txt from PyPI into $SPARK_VENV (pyspark is ~300 MB)"
+        if ! python3 -m venv "$SPARK_VENV" >/dev/null 2>&1; then
+            rm -rf "$SPARK_VENV"
+            ensure_packages python3-venv
+            python3 -m venv "$SPARK_VENV"
+        fi
+        "$SPARK_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+            -r scripts/spark/requirements.txt
+    fi
+    log "$("$SPARK_VENV/bin/python" -c 'import pyspark, psycopg; print("pyspark", pyspark.__version__, "psycopg", psycopg.__version__)')"
+}
+
+spark_pipeline_test() {
+    ensure_spark_env
+    psql_cmd "$TEST_PORT" postgres -c "SET client_min_messages = warning" \
+        -c "DROP DATABASE IF EXISTS $SPARK_DB" -c "CREATE DATABASE $SPARK_DB"
+    psql_cmd "$TEST_PORT" "$SPARK_DB" -c "CREATE EXTENSION $MI_EXTENSION"
+    # The job connects as a role that has metrics_ingest_writer and nothing else.
+    psql_cmd "$TEST_PORT" postgres -c "DROP ROLE IF EXISTS $SPARK_ROLE" \
+        -c "CREATE ROLE $SPARK_ROLE LOGIN IN ROLE metrics_ingest_writer"
+    local rc=0
+    timeout 900 "$SPARK_VENV/bin/python" scripts/spark/test_pipeline.py \
+        --dsn "host=127.0.0.1 port=$TEST_PORT user=$SPARK_ROLE dbname=$SPARK_DB" \
+        --check-dsn "host=127.0.0.1 port=$TEST_PORT user=postgres dbname=$SPARK_DB" \
+        --workdir "$PGTEST_DIR/spark-pipeline" || rc=$?
+    if ((rc != 0)); then
+        log "the Spark job's log: $PGTEST_DIR/spark-pipeline/spark.log (last lines below)"
+        tail -n 40 "$PGTEST_DIR/spark-pipeline/spark.log" >&2 || true
+        SMOKE_CHECKS_FAILED=$((SMOKE_CHECKS_FAILED + 1))
+        return "$rc"
+    fi
+    SMOKE_CHECKS_PASSED=$((SMOKE_CHECKS_PASSED + 1))
+    psql_cmd "$TEST_PORT" postgres -c "DROP DATABASE $SPARK_DB" -c "DROP ROLE $SPARK_ROLE"
+}
+
 # Final line that CI can read: the cargo test counts plus the smoke checks.
 SMOKE_CHECKS_PASSED=0
 SMOKE_CHECKS_FAILED=0
@@ -245,4 +305,5 @@ else
     step_skip "integration tests" "tests/Cargo.toml does not exist yet"
 fi
 step "smoke: scripts/sample_data.sql" smoke_sample_data
+step "seed 004 pipeline: PySpark -> ingest_json, SIGKILL and restart (scripts/spark)" spark_pipeline_test
 step "stop test cluster" cluster_stop "$TEST_CLUSTER_DIR"

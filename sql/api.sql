@@ -83,3 +83,18 @@ GRANT EXECUTE ON FUNCTION metrics_ingest.ingest_json(json, text) TO metrics_inge
 GRANT EXECUTE ON FUNCTION metrics_ingest.ingest_json(jsonb, text) TO metrics_ingest_writer;
 GRANT EXECUTE ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, text, text, text, text, double precision, text, jsonb) TO metrics_ingest_writer;
 GRANT EXECUTE ON PROCEDURE metrics_ingest.insert_metric(timestamptz, text, text, text, double precision, text, text, text, double precision, text, jsonb) TO metrics_ingest_writer;
+
+-- HTTP without application code (since 0.2.0): PostgREST passes a request body to a
+-- function with a single unnamed json parameter as is, so POST /rpc/ingest with seed
+-- 000's JSON array calls this and answers with the verdicts as a JSON array.
+-- SECURITY INVOKER: it holds no privilege of its own; the caller needs EXECUTE on
+-- ingest_json, which only metrics_ingest_writer has.
+CREATE FUNCTION metrics_ingest.ingest(json)
+RETURNS TABLE (ordinal integer, status text, error text, field text, metrics_stored integer)
+LANGUAGE sql VOLATILE PARALLEL UNSAFE CALLED ON NULL INPUT
+SECURITY INVOKER SET search_path = pg_catalog, pg_temp
+ROWS 1000
+AS $ingest$ SELECT * FROM metrics_ingest.ingest_json($1, 'reject') $ingest$;
+
+REVOKE ALL ON FUNCTION metrics_ingest.ingest(json) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION metrics_ingest.ingest(json) TO metrics_ingest_writer;

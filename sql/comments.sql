@@ -11,6 +11,10 @@ COMMENT ON TABLE metrics_ingest.metric_types IS
     'The registry of metric types and how each value is validated. Add one with a single INSERT.';
 COMMENT ON TABLE metrics_ingest.rejected IS
     'Dead letters: every element ingest_json refused, as received, with the field and the reason';
+COMMENT ON COLUMN metrics_ingest.rejected.event_id IS
+    'The element''s event_id when readable; an element with one is kept once per exact text (re-sending it adds no row)';
+COMMENT ON COLUMN metrics_ingest.rejected.user_id IS
+    'The element''s user_id when readable (a JSON object with a valid user_id), else NULL';
 COMMENT ON FUNCTION metrics_ingest.ingest_json(text, text) IS
     'Validates and stores a JSON array of metric events (or one object); returns one verdict per element';
 COMMENT ON FUNCTION metrics_ingest.ingest_json(json, text) IS
@@ -37,3 +41,5 @@ COMMENT ON FUNCTION metrics_ingest.run_maintenance() IS
     'Upkeep for pg_cron: drops partitions older than the retention, deletes old dead letters; returns what it did';
 COMMENT ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) IS
     'The CHECK on metric_types.labels: finite numeric scores within the bounds, labels the validator can match (not numeric-looking, not equal ignoring case), labels only on score types. Like every function here, not executable by PUBLIC: metric types are added by the extension''s owner';
+COMMENT ON FUNCTION metrics_ingest.ingest(json) IS
+    'ingest_json(payload, ''reject'') under one unnamed json parameter: the entry point PostgREST gives a raw request body (POST /rpc/ingest)';

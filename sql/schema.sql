@@ -149,9 +149,20 @@ CREATE TABLE metrics_ingest.rejected (
     element text NOT NULL,
     field text NOT NULL,
     error text NOT NULL,
-    sqlstate text NOT NULL
+    sqlstate text NOT NULL,
+    -- the element's user_id and event_id, when they could still be read (a JSON object,
+    -- the key once, a valid id value); NULL otherwise. Since 0.2.0.
+    user_id text,
+    event_id text
 );
 CREATE INDEX rejected_at_idx ON metrics_ingest.rejected (rejected_at);
+-- Idempotent dead letters (since 0.2.0): an element with a readable event_id is kept
+-- once per exact text. Sending the same bad element again (a retry, a replayed Spark
+-- micro-batch) adds no second row (ON CONFLICT DO NOTHING in the writer). The element's
+-- text, not only (user_id, event_id), is in the key: in long form one event is several
+-- elements sharing an event_id, and two different bad ones must both be kept.
+CREATE UNIQUE INDEX rejected_event_key ON metrics_ingest.rejected
+    (event_id, pg_catalog.md5(element)) WHERE event_id IS NOT NULL;
 
 SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected', '');
 

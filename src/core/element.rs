@@ -376,6 +376,91 @@ fn validate_fields(
     })
 }
 
+/// The ids of an element that failed validation, as far as they can still be
+/// read: the dead-letter table stores them beside the element, and the
+/// event_id makes re-sending the same bad element idempotent.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RejectedIds {
+    pub user_id: Option<String>,
+    pub event_id: Option<String>,
+}
+
+/// Reads `user_id` and `event_id` of a rejected element. An id is readable when
+/// the element is a JSON object, the key appears exactly once, and its value
+/// would pass validation as an id (a non-empty string of at most MAX_ID_CHARS
+/// characters without NUL, or an integer). Anything else gives `None`: an
+/// element that is not JSON, or whose event_id is itself the problem, has no
+/// event_id to be recognised by.
+pub fn rejected_ids(raw: &str) -> RejectedIds {
+    if raw.trim_start().as_bytes().first() != Some(&b'{') {
+        return RejectedIds::default();
+    }
+    let Ok(ids) = serde_json::from_str::<IdFields>(raw) else {
+        return RejectedIds::default();
+    };
+    let read = |name: &str, slot: IdSlot<'_>| match slot {
+        IdSlot::Once(raw) => Field::of(raw, name)
+            .ok()
+            .and_then(|field| id_from_json(name, Some(field)).ok().flatten()),
+        IdSlot::Absent | IdSlot::Repeated => None,
+    };
+    RejectedIds {
+        user_id: read("user_id", ids.user_id),
+        event_id: read("event_id", ids.event_id),
+    }
+}
+
+/// One id key of an element: absent, present once (its raw value), or repeated
+/// (ambiguous, so unreadable).
+#[derive(Default)]
+enum IdSlot<'a> {
+    #[default]
+    Absent,
+    Once(&'a RawValue),
+    Repeated,
+}
+
+impl<'a> IdSlot<'a> {
+    fn see(&mut self, raw: &'a RawValue) {
+        *self = match self {
+            IdSlot::Absent => IdSlot::Once(raw),
+            _ => IdSlot::Repeated,
+        };
+    }
+}
+
+/// Only `user_id` and `event_id` of an element; every other value is skipped.
+#[derive(Default)]
+struct IdFields<'a> {
+    user_id: IdSlot<'a>,
+    event_id: IdSlot<'a>,
+}
+
+impl<'de> Deserialize<'de> for IdFields<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdsVisitor;
+        impl<'de> Visitor<'de> for IdsVisitor {
+            type Value = IdFields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<IdFields<'de>, A::Error> {
+                let mut out = IdFields::default();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    let value: &'de RawValue = map.next_value()?;
+                    match key.as_ref() {
+                        "user_id" => out.user_id.see(value),
+                        "event_id" => out.event_id.see(value),
+                        _ => {}
+                    }
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_map(IdsVisitor)
+    }
+}
+
 /// Typed arguments of `CALL insert_metric(...)`, validated by the same rules.
 pub struct CallArgs<'a> {
     pub unix_us: i64,

@@ -611,4 +611,47 @@ fn error_texts_are_bounded_and_shown_as_written() {
         let (_, message, _) = check(raw).expect_err("rejected");
         assert!(message.starts_with(prefix), "{message}");
     }
+#[test]
+fn ids_of_rejected_elements() {
+    use super::element::{rejected_ids, RejectedIds};
+    let ids = |user: Option<&str>, event: Option<&str>| RejectedIds {
+        user_id: user.map(Into::into),
+        event_id: event.map(Into::into),
+    };
+    let cases: &[(&str, RejectedIds)] = &[
+        // readable: strings and integers, whatever else is wrong
+        (
+            r#"{"user_id":"u1","event_id":"e1","metric_type":"nope"}"#,
+            ids(Some("u1"), Some("e1")),
+        ),
+        (
+            r#"{"user_id":7,"event_id":123,"talked_time":-1}"#,
+            ids(Some("7"), Some("123")),
+        ),
+        (r#"{"event_id":"e\u00e9"}"#, ids(None, Some("eé"))),
+        (r#"{"user_id":null,"event_id":"e2"}"#, ids(None, Some("e2"))),
+        // unreadable: not an object, not JSON, bad id values, a repeated key
+        (r#"[1,2]"#, ids(None, None)),
+        (r#"{"user_id":"u1","event_id":"e1""#, ids(None, None)),
+        (r#"{"user_id":"u1","event_id":""}"#, ids(Some("u1"), None)),
+        (r#"{"user_id":"u1","event_id":1.5}"#, ids(Some("u1"), None)),
+        (r#"{"user_id":{"a":1},"event_id":["e"]}"#, ids(None, None)),
+        (
+            r#"{"user_id":"u\u0000","event_id":"e"}"#,
+            ids(None, Some("e")),
+        ),
+        (
+            r#"{"user_id":"u","event_id":"a","event_id":"b"}"#,
+            ids(Some("u"), None),
+        ),
+        (
+            r#"{"user_id":"u","event_id":"\ud800"}"#,
+            ids(Some("u"), None),
+        ),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(&rejected_ids(raw), want, "{raw}");
+    }
+    let long = format!(r#"{{"user_id":"u","event_id":"{}"}}"#, "x".repeat(257));
+    assert_eq!(rejected_ids(&long), ids(Some("u"), None));
 }

@@ -431,4 +431,73 @@ mod tests {
     fn infinite_timestamps_are_refused_by_name() {
         Spi::run("CALL metrics_ingest.insert_metric('infinity', 'u', NULL, 'talked_time', 1)").ok();
     }
+
+    // ---- issue 12 (spark): idempotent dead letters, Citus detection ----
+
+    #[pg_test]
+    fn a_rejected_element_with_an_event_id_is_kept_once() {
+        let bad = r#"[{"user_id":"r1","event_id":"f:7","timestamp":1722470400,"talked_time":-1}]"#;
+        for _ in 0..2 {
+            assert_eq!(outcomes(bad), vec!["1|rejected|talked_time|0"]);
+        }
+        assert_eq!(
+            text("SELECT string_agg(concat_ws('|', user_id, event_id, field), ',') FROM metrics_ingest.rejected"),
+            "r1|f:7|talked_time"
+        );
+    }
+
+    /// The stand-in for Citus's catalog, as Citus defines it (pg_catalog, a regclass
+    /// column logicalrelid with a unique index). Creating a table in pg_catalog takes
+    /// allow_system_table_mods; the test's transaction is rolled back afterwards.
+    const STAND_IN_PG_DIST_PARTITION: &str = "
+        SET LOCAL allow_system_table_mods = on;
+        CREATE TABLE pg_catalog.pg_dist_partition (
+            logicalrelid regclass NOT NULL,
+            partmethod \"char\" NOT NULL,
+            partkey text,
+            colocationid integer DEFAULT 0 NOT NULL,
+            repmodel \"char\" DEFAULT 'c' NOT NULL,
+            autoconverted boolean DEFAULT false);
+        CREATE UNIQUE INDEX pg_dist_partition_logical_relid_index
+            ON pg_catalog.pg_dist_partition USING btree (logicalrelid);";
+
+    #[pg_test]
+    fn citus_distributed_tables_are_detected_by_pg_dist_partition() {
+        use crate::sql::citus::is_distributed;
+        let oid = |name: &str| -> pg_sys::Oid {
+            one::<pg_sys::Oid>(&format!("SELECT '{name}'::regclass::oid")).expect("oid")
+        };
+        let metrics = oid("metrics_ingest.metrics");
+        let types = oid("metrics_ingest.metric_types");
+        // No Citus: no catalog, nothing distributed, no error.
+        assert_eq!(
+            count("SELECT count(*) FROM pg_class WHERE relname = 'pg_dist_partition'"),
+            0
+        );
+        assert!(!is_distributed(metrics));
+        // The catalog exists, the table is not in it.
+        Spi::run(STAND_IN_PG_DIST_PARTITION).expect("stand-in catalog");
+        assert!(!is_distributed(metrics));
+        // create_distributed_table('metrics_ingest.metrics', 'user_id') would add this row
+        // (and create_reference_table('metrics_ingest.metric_types') one with partmethod 'n').
+        Spi::run(
+            "INSERT INTO pg_catalog.pg_dist_partition (logicalrelid, partmethod, partkey, colocationid, repmodel) \
+             VALUES ('metrics_ingest.metrics', 'h', '{VAR :varno 1 :varattno 3}', 1, 's')",
+        )
+        .expect("row");
+        assert!(is_distributed(metrics));
+        assert!(!is_distributed(types));
+        Spi::run(
+            "INSERT INTO pg_catalog.pg_dist_partition (logicalrelid, partmethod, repmodel) \
+             VALUES ('metrics_ingest.metric_types', 'n', 't')",
+        )
+        .expect("row");
+        assert!(is_distributed(types));
+        // A catalog of the same name elsewhere is not Citus's: only pg_catalog counts.
+        Spi::run("DROP TABLE pg_catalog.pg_dist_partition; CREATE TABLE public.pg_dist_partition (logicalrelid regclass)")
+            .expect("decoy");
+        Spi::run("INSERT INTO public.pg_dist_partition VALUES ('metrics_ingest.metrics')")
+            .expect("decoy row");
+        assert!(!is_distributed(metrics));
+    }
 }

@@ -243,11 +243,19 @@ impl Writer {
             .retain(|(_, target)| matches!(target, Target::Insert));
     }
 
-    /// Stores one dead letter.
-    pub fn reject(&mut self, source: &str, ordinal: usize, element: &str, rejection: &Rejection) {
+    /// Stores one dead letter; false when the same one was kept already.
+    pub fn reject(
+        &mut self,
+        source: &str,
+        ordinal: usize,
+        element: &str,
+        rejection: &Rejection,
+    ) -> bool {
         self.connect_spi();
-        dead_letters::reject(&mut self.reject_memory, source, ordinal, element, rejection);
+        let stored =
+            dead_letters::reject(&mut self.reject_memory, source, ordinal, element, rejection);
         self.back_from_spi();
+        stored
     }
 
     /// Writes what is buffered; returns the ordinals of elements one of whose

@@ -11,6 +11,7 @@ mod hostile;
 mod install;
 mod load;
 mod partitions;
+mod pipelines;
 mod repeats;
 mod security;
 mod support;
