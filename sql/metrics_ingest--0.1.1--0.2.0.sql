@@ -376,6 +376,8 @@ REVOKE ALL ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, d
 
 COMMENT ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) IS
     'The CHECK on metric_types.labels: finite numeric scores within the bounds, labels the validator can match (not numeric-looking, not equal ignoring case), labels only on score types. Like every function here, not executable by PUBLIC: metric types are added by the extension''s owner';
+
+-- ---------------------------------------------------------------------------
 -- spark (issue 12, part 1): idempotent dead letters.
 -- rejected gains user_id and event_id (read from the element, when readable) and a
 -- unique index on (event_id, md5(element)): the same bad element sent again with an

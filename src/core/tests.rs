@@ -611,6 +611,8 @@ fn error_texts_are_bounded_and_shown_as_written() {
         let (_, message, _) = check(raw).expect_err("rejected");
         assert!(message.starts_with(prefix), "{message}");
     }
+}
+
 #[test]
 fn ids_of_rejected_elements() {
     use super::element::{rejected_ids, RejectedIds};

@@ -54,7 +54,11 @@ pub fn reject(
     let plan = if with_ids {
         kept_plan(&REJECTED_PLAN, INSERT_REJECTED, &INSERT_REJECTED_TYPES)
     } else {
-        kept_plan(&REJECTED_PLAN_0_1, INSERT_REJECTED_0_1, &INSERT_REJECTED_TYPES[..6])
+        kept_plan(
+            &REJECTED_PLAN_0_1,
+            INSERT_REJECTED_0_1,
+            &INSERT_REJECTED_TYPES[..6],
+        )
     };
     let ids = rejected_ids(element);
     // SAFETY: the parameters are built in `memory`, which outlives the SPI call
@@ -78,9 +82,23 @@ pub fn reject(
                 event_id,
             ];
             let blank = b' ' as c_char;
-            let nulls = [blank, blank, blank, blank, blank, blank, user_id_null, event_id_null];
-            let status =
-                pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), nulls.as_ptr(), false, 0);
+            let nulls = [
+                blank,
+                blank,
+                blank,
+                blank,
+                blank,
+                blank,
+                user_id_null,
+                event_id_null,
+            ];
+            let status = pg_sys::SPI_execute_plan(
+                plan,
+                values.as_ptr().cast_mut(),
+                nulls.as_ptr(),
+                false,
+                0,
+            );
             // A DO INSTEAD rule on rejected turns the INSERT into other statements.
             if status != pg_sys::SPI_OK_INSERT as i32 && status != pg_sys::SPI_OK_REWRITTEN as i32 {
                 raise_internal("inserting into rejected", format!("SPI status {status}"));
