@@ -305,6 +305,19 @@ SELECT id, "timestamp", user_id, session_id, metric_type, metric_value, metric_l
        app_version, location, sentiment_score, event_id, attributes, ingested_at
 FROM metrics_ingest.metrics_0_1_1;
 
+-- Partitions made by this script would be members of the extension (everything an
+-- extension script creates is): pg_dump would skip them and retention could not drop
+-- them. Partitions made at ingest time never are; these must not be either.
+DO $members$
+DECLARE
+    p regclass;
+BEGIN
+    FOR p IN SELECT x.partition FROM metrics_ingest.partitions() x LOOP
+        EXECUTE pg_catalog.format('ALTER EXTENSION metrics_ingest DROP TABLE %s', p);
+    END LOOP;
+END
+$members$;
+
 -- The identity goes on from where 0.1.1's stopped.
 SELECT pg_catalog.setval('metrics_ingest.metrics_id_seq', s.last_value, s.is_called)
 FROM metrics_ingest.metrics_0_1_1_id_seq s;

@@ -111,7 +111,7 @@ fn check_restored(original: &[(&str, Vec<String>)], restored: &TestDb) {
         r#"[
           {"timestamp":"2024-09-01T00:00:00Z","user_id":"after","metric_type":"talked_time","metric_value":1,"event_id":"new-1"},
           {"timestamp":"2024-09-01T00:00:00Z","user_id":"after","metric_type":"screen_shared","metric_value":true,"event_id":"new-2"},
-          {"timestamp":"2024-08-01T10:00:00Z","user_id":"dr-0","session_id":"s-0","metric_type":"talked_time","metric_value":0.5,"event_id":"long-0"},
+          {"timestamp":"2024-08-01T10:00:00Z","user_id":"dr-0","session_id":"s-0","metric_type":"talked_time","metric_value":0.5,"event_id":"long-0","device_id":"d","app_version":"1.2.3","location":"Kraków","sentiment_score":-0.25,"custom":{"k":[1,2,0]}},
           {"timestamp":"2024-09-01T00:00:00Z","user_id":"after","metric_type":"nope","metric_value":1}
         ]"#,
     );

@@ -278,12 +278,22 @@ fn upgrading_a_million_rows_from_0_1_1_keeps_every_row_id_and_key() {
         &mut c,
         &format!(
             "[{}, {}]",
-            r#"{"user_id":"u2","timestamp":"2024-06-01T00:00:05.184Z","talked_time":2,"event_id":"ev2"}"#,
+            r#"{"user_id":"u2","session_id":"s2","timestamp":"2024-06-01T00:00:05.184Z","talked_time":2,"event_id":"ev2"}"#,
             event("new", "2024-07-15T00:00:00Z", "n1")
         ),
     );
     let statuses: Vec<&str> = outcomes.iter().map(|o| o.status.as_str()).collect();
     assert_eq!(statuses, ["duplicate", "inserted"]);
+    // The partitions the upgrade made are ordinary ones: not extension members,
+    // so pg_dump keeps them and retention drops them.
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM pg_depend d JOIN metrics_ingest.partitions() p ON d.objid = p.partition \
+             WHERE d.deptype = 'e'"
+        ),
+        0
+    );
     assert!(
         count(
             &mut c,
