@@ -266,6 +266,9 @@ mod tests {
 
     #[pg_test]
     fn the_insert_path_reports_what_really_happened() {
+        // pgrx runs tests side by side: take the strongest lock this test needs first,
+        // so that its DDL after ingesting never waits behind another test (a deadlock).
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
         verdicts(&event("s", "2024-01-01T10:00:00Z", "s0"));
         run(
             "CREATE FUNCTION pg_temp.drop_quiet() RETURNS trigger LANGUAGE plpgsql AS \
@@ -347,6 +350,9 @@ mod tests {
 
     #[pg_test]
     fn every_unique_index_on_the_event_key_is_an_arbiter() {
+        // pgrx runs tests side by side: take the strongest lock this test needs first,
+        // so that its DDL after ingesting never waits behind another test (a deadlock).
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
         verdicts(&event("k", "2024-01-01T10:00:00Z", "k1"));
         // As REINDEX CONCURRENTLY's new copy would be: a second ready index on the key.
         run(
@@ -402,6 +408,9 @@ mod tests {
 
     #[pg_test]
     fn a_repeat_with_other_values_is_a_conflict_naming_the_field() {
+        // pgrx runs tests side by side: take the strongest lock this test needs first,
+        // so that its DDL after ingesting never waits behind another test (a deadlock).
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
         assert_eq!(verdicts(&talk("c1", "30", "")), "inserted:1");
         assert_eq!(verdicts(&talk("c1", "30", "")), "duplicate:0");
         assert_eq!(verdicts(&talk("c1", "31", "")), "conflict:0:metric_value");
@@ -467,6 +476,9 @@ mod tests {
 
     #[pg_test]
     fn a_renamed_table_is_an_ordinary_undefined_table_error() {
+        // pgrx runs tests side by side: take the strongest lock this test needs first,
+        // so that its DDL after ingesting never waits behind another test (a deadlock).
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
         verdicts(&event("n", "2024-01-01T10:00:00Z", "n1"));
         run("ALTER TABLE metrics_ingest.metrics RENAME TO metrics_elsewhere");
         assert_eq!(
