@@ -29,6 +29,7 @@ use std::rc::Rc;
 use pgrx::{pg_guard, pg_sys};
 
 use super::errors::raise_internal;
+use super::pg_compat;
 use crate::core::element::{Context, Measurement};
 
 /// Rows per multi-insert, as COPY's MAX_BUFFERED_TUPLES.
@@ -195,7 +196,7 @@ unsafe fn plan_layout(rel: pg_sys::Relation) -> Option<Layout> {
         event_index: pg_sys::InvalidOid,
     };
     for i in 0..natts {
-        let attribute = (*tupdesc).attrs.as_ptr().add(i);
+        let attribute = pg_compat::tuple_desc_attr(tupdesc, i);
         if (*attribute).attisdropped {
             continue;
         }
@@ -260,21 +261,19 @@ impl DirectTable {
                 pg_sys::table_close(locked, pg_sys::NoLock as pg_sys::LOCKMODE);
                 return None;
             };
-            let rte = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>())
-                as *mut pg_sys::RangeTblEntry;
-            (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
-            (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
-            (*rte).relid = (*locked).rd_id;
-            (*rte).relkind = pg_sys::RELKIND_RELATION as std::ffi::c_char;
-            (*rte).rellockmode = pg_sys::RowExclusiveLock as i32;
-            (*rte).requiredPerms = pg_sys::ACL_INSERT as pg_sys::AclMode;
             let estate = pg_sys::CreateExecutorState();
-            pg_sys::ExecInitRangeTable(estate, pg_sys::lappend(null_mut(), rte.cast()));
+            pg_compat::init_range_table(
+                estate,
+                (*locked).rd_id,
+                pg_sys::RELKIND_RELATION as std::ffi::c_char,
+                pg_sys::RowExclusiveLock as pg_sys::LOCKMODE,
+                pg_sys::ACL_INSERT as pg_sys::AclMode,
+            );
             let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
                 as *mut pg_sys::ResultRelInfo;
             (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
             pg_sys::ExecInitResultRelation(estate, rri, 1);
-            pg_sys::CheckValidResultRel(rri, pg_sys::CmdType::CMD_INSERT);
+            pg_compat::check_valid_insert(rri);
             pg_sys::ExecOpenIndices(rri, true);
             let rel = (*rri).ri_RelationDesc;
             let constraints = (*(*rel).rd_att).constr;
@@ -292,7 +291,7 @@ impl DirectTable {
                 for (i, check) in layout.checks.iter().enumerate() {
                     *states.add(i) = pg_sys::ExecInitExpr(*check, null_mut());
                 }
-                (*rri).ri_ConstraintExprs = states;
+                pg_compat::set_check_constraint_exprs(rri, states);
                 pg_sys::MemoryContextSwitchTo(old);
             }
             let defaults = layout
@@ -393,7 +392,7 @@ impl DirectTable {
             self.fill(slot, context, measurement, attributes);
             if has_event && self.expect_duplicates {
                 let mut conflict = pg_sys::ItemPointerData::default();
-                let free = pg_sys::ExecCheckIndexConstraints(
+                let free = pg_compat::check_index_constraints(
                     self.rri,
                     slot,
                     self.estate,
@@ -529,13 +528,12 @@ impl DirectTable {
         let mut raced = false;
         for &slot in &self.slots[..self.buffered()] {
             let mut conflict = false;
-            let recheck = pg_sys::ExecInsertIndexTuples(
+            let recheck = pg_compat::insert_index_tuples(
                 self.rri,
                 slot,
                 self.estate,
-                false,
                 guarded,
-                &mut conflict,
+                Some(&mut conflict),
                 arbiters,
             );
             pg_sys::list_free(recheck);
@@ -550,13 +548,12 @@ impl DirectTable {
         let has_event = !*(*slot).tts_isnull.add(self.attribute_of[EVENT_ID]);
         if !has_event {
             pg_sys::table_tuple_insert(self.rel, slot, self.cid, 0, null_mut());
-            let recheck = pg_sys::ExecInsertIndexTuples(
+            let recheck = pg_compat::insert_index_tuples(
                 self.rri,
                 slot,
                 self.estate,
                 false,
-                false,
-                null_mut(),
+                None,
                 null_mut(),
             );
             pg_sys::list_free(recheck);
@@ -565,7 +562,7 @@ impl DirectTable {
         }
         loop {
             let mut conflict_tid = pg_sys::ItemPointerData::default();
-            if !pg_sys::ExecCheckIndexConstraints(
+            if !pg_compat::check_index_constraints(
                 self.rri,
                 slot,
                 self.estate,
@@ -578,13 +575,12 @@ impl DirectTable {
             let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
             pg_sys::table_tuple_insert_speculative(self.rel, slot, self.cid, 0, null_mut(), token);
             let mut conflict = false;
-            let recheck = pg_sys::ExecInsertIndexTuples(
+            let recheck = pg_compat::insert_index_tuples(
                 self.rri,
                 slot,
                 self.estate,
-                false,
                 true,
-                &mut conflict,
+                Some(&mut conflict),
                 self.arbiters,
             );
             pg_sys::table_tuple_complete_speculative(self.rel, slot, token, !conflict);

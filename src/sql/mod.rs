@@ -6,6 +6,7 @@ mod direct;
 mod errors;
 mod ingest;
 mod insert_metric;
+mod pg_compat;
 mod registry_cache;
 mod writer;
 

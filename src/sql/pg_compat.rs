@@ -1,0 +1,188 @@
+//! The executor calls whose signatures or structures differ between the
+//! PostgreSQL majors we build for, behind version-neutral functions.
+//!
+//! Every `#[cfg(feature = "pgNN")]` of the crate lives here; the fast path
+//! (direct.rs) calls these functions and nothing version-specific. What
+//! changed, and where:
+//!
+//! * 16: a relation's permissions moved from `RangeTblEntry.requiredPerms` into
+//!   an `RTEPermissionInfo` list that `ExecInitRangeTable` takes;
+//!   `ExecInsertIndexTuples` gained `onlySummarizing`.
+//! * 17: `CheckValidResultRel` gained the MERGE action list.
+//! * 18: `ExecInitRangeTable` takes the set of unpruned range-table indexes;
+//!   `CheckValidResultRel` also takes the ON CONFLICT action;
+//!   `ExecCheckIndexConstraints` takes the TID of a tuple being updated; a
+//!   `TupleDesc`'s attributes sit behind its compact attributes, reached only
+//!   through `TupleDescAttr`; `ResultRelInfo.ri_ConstraintExprs` became
+//!   `ri_CheckConstraintExprs`.
+//!
+//! pg15 and pg18 are built and tested (scripts/test.sh); pg16 and pg17 follow
+//! pgrx 0.18.1's bindings for those majors but are not built here (no headers).
+
+use std::ptr::null_mut;
+
+use pgrx::pg_sys;
+
+/// The executor's range table for one relation, as COPY FROM sets it up: a
+/// single `RangeTblEntry` (index 1) for `relid`, locked with `lockmode` by
+/// the caller, needing `required_perms` (e.g. `ACL_INSERT`).
+///
+/// # Safety
+/// `estate` is a fresh executor state in the current memory context, in a
+/// transaction; the caller holds `lockmode` on `relid`.
+pub unsafe fn init_range_table(
+    estate: *mut pg_sys::EState,
+    relid: pg_sys::Oid,
+    relkind: std::ffi::c_char,
+    lockmode: pg_sys::LOCKMODE,
+    required_perms: pg_sys::AclMode,
+) {
+    let rte =
+        pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblEntry>()) as *mut pg_sys::RangeTblEntry;
+    (*rte).type_ = pg_sys::NodeTag::T_RangeTblEntry;
+    (*rte).rtekind = pg_sys::RTEKind::RTE_RELATION;
+    (*rte).relid = relid;
+    (*rte).relkind = relkind;
+    (*rte).rellockmode = lockmode;
+    let range_table = pg_sys::lappend(null_mut(), rte.cast());
+
+    #[cfg(feature = "pg15")]
+    {
+        (*rte).requiredPerms = required_perms;
+        pg_sys::ExecInitRangeTable(estate, range_table);
+    }
+
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    {
+        let permission = pg_sys::palloc0(std::mem::size_of::<pg_sys::RTEPermissionInfo>())
+            as *mut pg_sys::RTEPermissionInfo;
+        (*permission).type_ = pg_sys::NodeTag::T_RTEPermissionInfo;
+        (*permission).relid = relid;
+        (*permission).inh = false;
+        (*permission).requiredPerms = required_perms;
+        (*rte).perminfoindex = 1;
+        let permissions = pg_sys::lappend(null_mut(), permission.cast());
+
+        #[cfg(any(feature = "pg16", feature = "pg17"))]
+        pg_sys::ExecInitRangeTable(estate, range_table, permissions);
+
+        // As CopyFrom: the one relation is not pruned.
+        #[cfg(feature = "pg18")]
+        pg_sys::ExecInitRangeTable(
+            estate,
+            range_table,
+            permissions,
+            pg_sys::bms_make_singleton(1),
+        );
+    }
+}
+
+/// `CheckValidResultRel` for a plain INSERT (no ON CONFLICT clause, no MERGE).
+///
+/// # Safety
+/// `rri` is an initialised result relation.
+pub unsafe fn check_valid_insert(rri: *mut pg_sys::ResultRelInfo) {
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    pg_sys::CheckValidResultRel(rri, pg_sys::CmdType::CMD_INSERT);
+
+    #[cfg(feature = "pg17")]
+    pg_sys::CheckValidResultRel(rri, pg_sys::CmdType::CMD_INSERT, null_mut());
+
+    #[cfg(feature = "pg18")]
+    pg_sys::CheckValidResultRel(
+        rri,
+        pg_sys::CmdType::CMD_INSERT,
+        pg_sys::OnConflictAction::ONCONFLICT_NONE,
+        null_mut(),
+    );
+}
+
+/// `ExecInsertIndexTuples` for a freshly inserted tuple (not an update, all
+/// indexes, not only summarizing ones). With `no_dup_err`, a conflict in one
+/// of `arbiters` sets `*conflict` instead of raising. Returns the list of
+/// indexes needing a deferred recheck (the caller frees it).
+///
+/// # Safety
+/// `rri`'s indexes are open; `slot` holds the tuple just inserted into `rri`.
+pub unsafe fn insert_index_tuples(
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+    no_dup_err: bool,
+    conflict: Option<&mut bool>,
+    arbiters: *mut pg_sys::List,
+) -> *mut pg_sys::List {
+    let conflict = conflict.map_or(null_mut(), |c| c as *mut bool);
+
+    #[cfg(feature = "pg15")]
+    return pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, no_dup_err, conflict, arbiters);
+
+    #[cfg(any(feature = "pg16", feature = "pg17", feature = "pg18"))]
+    return pg_sys::ExecInsertIndexTuples(
+        rri, slot, estate, false, no_dup_err, conflict, arbiters, false,
+    );
+}
+
+/// `ExecCheckIndexConstraints` for a tuple about to be inserted: false if
+/// one of `arbiters` already holds its key (whose TID goes to `conflict_tid`).
+///
+/// # Safety
+/// `rri`'s indexes are open; `slot` holds a complete tuple for `rri`.
+pub unsafe fn check_index_constraints(
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+    conflict_tid: &mut pg_sys::ItemPointerData,
+    arbiters: *mut pg_sys::List,
+) -> bool {
+    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+    return pg_sys::ExecCheckIndexConstraints(rri, slot, estate, conflict_tid, arbiters);
+
+    // No tuple is being updated: nothing to exclude from the check.
+    #[cfg(feature = "pg18")]
+    return pg_sys::ExecCheckIndexConstraints(
+        rri,
+        slot,
+        estate,
+        conflict_tid,
+        null_mut(),
+        arbiters,
+    );
+}
+
+/// The attribute at 0-based index `i` of `tupdesc` (C's `TupleDescAttr`).
+///
+/// # Safety
+/// `tupdesc` is valid and `i < tupdesc->natts`.
+pub unsafe fn tuple_desc_attr(
+    tupdesc: pg_sys::TupleDesc,
+    i: usize,
+) -> *mut pg_sys::FormData_pg_attribute {
+    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+    return (*tupdesc).attrs.as_mut_ptr().add(i);
+
+    #[cfg(feature = "pg18")]
+    return pg_sys::TupleDescAttr(tupdesc, i as std::ffi::c_int);
+}
+
+/// Hands `rri` its planned CHECK constraint expressions (one per
+/// `constr->check`, in order), which `ExecConstraints` otherwise builds itself.
+///
+/// # Safety
+/// `states` holds `constr->num_check` expression states, allocated in the
+/// executor state's query context.
+pub unsafe fn set_check_constraint_exprs(
+    rri: *mut pg_sys::ResultRelInfo,
+    states: *mut *mut pg_sys::ExprState,
+) {
+    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+    {
+        (*rri).ri_ConstraintExprs = states;
+    }
+
+    // Renamed in 18, beside the new NOT NULL bookkeeping.
+    #[cfg(feature = "pg18")]
+    {
+        (*rri).ri_CheckConstraintExprs = states;
+    }
+}
