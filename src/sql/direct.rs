@@ -467,12 +467,15 @@ impl DirectTable {
             let guarded = self.buffered_events > 0;
             let (memory, owner) = (pg_sys::CurrentMemoryContext, pg_sys::CurrentResourceOwner);
             if guarded {
+                // Pins cached by index AMs belong to the current resource owner.
+                pg_compat::index_insert_cleanup(self.rri);
                 pg_sys::BeginInternalSubTransaction(null_mut());
                 pg_sys::MemoryContextSwitchTo(memory);
             }
             let written = catch_unwind(AssertUnwindSafe(|| self.write_buffered(guarded)));
             // A buffer pin taken inside the subtransaction must not outlive it.
             pg_sys::ReleaseBulkInsertStatePin(self.bistate);
+            pg_compat::index_insert_cleanup(self.rri);
             let raced = match written {
                 Ok(raced) => raced,
                 Err(error) => {

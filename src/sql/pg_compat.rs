@@ -186,3 +186,29 @@ pub unsafe fn set_check_constraint_exprs(
         (*rri).ri_CheckConstraintExprs = states;
     }
 }
+
+/// Ends what index access methods cache between the index insertions of
+/// `rri` (`index_insert_cleanup` on each open index), as `ExecCloseIndices`
+/// does. From 17 on, BRIN keeps its range map's buffers pinned between
+/// insertions (in `IndexInfo.ii_AmCache`); those pins belong to the resource
+/// owner current at the first insertion, so they must be released before that
+/// owner ends or changes (a subtransaction begins, commits or rolls back), or
+/// the subtransaction's end reports them as leaked and a later release fails
+/// with "buffer pin ... is not owned by resource owner". Before 17 nothing is
+/// cached and this does nothing. Safe to call any number of times.
+///
+/// # Safety
+/// `rri`'s indexes are open (`ExecOpenIndices`).
+pub unsafe fn index_insert_cleanup(rri: *mut pg_sys::ResultRelInfo) {
+    #[cfg(any(feature = "pg15", feature = "pg16"))]
+    let _ = rri;
+
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    for i in 0..(*rri).ri_NumIndices.max(0) as usize {
+        let index = *(*rri).ri_IndexRelationDescs.add(i);
+        let info = *(*rri).ri_IndexRelationInfo.add(i);
+        if !index.is_null() && !info.is_null() {
+            pg_sys::index_insert_cleanup(index, info);
+        }
+    }
+}
