@@ -1341,6 +1341,13 @@ fn run() -> Res<i32> {
              ({}) in every round",
             COMPARED_COLUMNS.replace('"', "")
         );
+        if on_error {
+            println!(
+                "  OK: with 1% bad rows, COPY ON_ERROR ignore and ingest_json stored exactly COPY's rows \
+                 for the good events, and ingest_json kept exactly the bad ones in metrics_ingest.rejected \
+                 (field timestamp, with a reason) in every round"
+            );
+        }
         0
     } else {
         for m in &mismatches {
