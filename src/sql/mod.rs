@@ -10,6 +10,7 @@ mod errors;
 mod ingest;
 mod insert_metric;
 mod insert_path;
+mod pg_compat;
 mod registry_cache;
 mod settings;
 mod sink;

@@ -52,7 +52,7 @@ pub(super) unsafe extern "C-unwind" fn on_relcache_invalidation(
 fn local_xid() -> pg_sys::LocalTransactionId {
     // SAFETY: MyProc is set for every backend before any SQL runs, and lxid is
     // only written by this backend; we read it on the backend's only thread.
-    unsafe { (*pg_sys::MyProc).lxid }
+    unsafe { super::pg_compat::local_transaction_id() }
 }
 
 pub fn registry() -> Rc<Registry> {

@@ -18,6 +18,7 @@ use pgrx::{pg_guard, pg_sys, PgMemoryContexts};
 
 use super::datum::{Column, SUPPLIED};
 use super::errors::raise;
+use super::pg_compat;
 
 /// Why the fast path hands rows to the INSERT path. None: it may write directly.
 pub type InsertReason = Option<&'static str>;
@@ -202,7 +203,7 @@ unsafe fn plan_defaults(
     unsafe {
         let tupdesc = (*rel).rd_att;
         for i in 0..(*tupdesc).natts as usize {
-            let attribute = (*tupdesc).attrs.as_ptr().add(i);
+            let attribute = pg_compat::tuple_desc_attr(tupdesc, i);
             if (*attribute).attisdropped {
                 continue;
             }
@@ -239,7 +240,7 @@ unsafe fn plan_defaults(
         }
         let missing = Column::ALL.iter().find(|column| {
             (0..(*tupdesc).natts as usize).all(|i| {
-                let attribute = (*tupdesc).attrs.as_ptr().add(i);
+                let attribute = pg_compat::tuple_desc_attr(tupdesc, i);
                 (*attribute).attisdropped
                     || CStr::from_ptr((*attribute).attname.data.as_ptr()).to_bytes()
                         != column.name().as_bytes()
@@ -308,7 +309,7 @@ unsafe fn plan_leaf(rel: pg_sys::Relation, table: &TableShape) -> PlannedLeaf {
             None
         };
         for i in 0..natts {
-            let attribute = (*tupdesc).attrs.as_ptr().add(i);
+            let attribute = pg_compat::tuple_desc_attr(tupdesc, i);
             if (*attribute).attisdropped {
                 continue;
             }
@@ -361,7 +362,7 @@ pub unsafe fn routes(rel: pg_sys::Relation) -> Vec<Route> {
             return Vec::new();
         }
         let bounds = (*partdesc).boundinfo;
-        if (*bounds).strategy as u8 != pg_sys::PARTITION_STRATEGY_RANGE as u8 {
+        if !pg_compat::is_range_partitioned(bounds) {
             raise(
                 pgrx::PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
                 "metrics_ingest.metrics must be partitioned by range of \"timestamp\"".into(),
