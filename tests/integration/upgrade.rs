@@ -19,12 +19,13 @@ const CATALOG: &[(&str, &str)] = &[
          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
          JOIN pg_class c ON c.oid = a.attrelid \
          WHERE c.relnamespace = 'metrics_ingest'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped \
-         AND NOT c.relispartition",
+         AND NOT c.relispartition AND NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+                                                  WHERE i.indexrelid = c.oid AND t.relispartition)",
     ),
     (
         "indexes",
-        "SELECT indexdef FROM pg_indexes i JOIN pg_class c ON c.oid = format('%I.%I', i.schemaname, i.indexname)::regclass \
-         WHERE schemaname = 'metrics_ingest' AND NOT c.relispartition",
+        "SELECT indexdef FROM pg_indexes i JOIN pg_class t ON t.oid = format('%I.%I', i.schemaname, i.tablename)::regclass \
+         WHERE schemaname = 'metrics_ingest' AND NOT t.relispartition",
     ),
     (
         "constraints",
@@ -39,8 +40,10 @@ const CATALOG: &[(&str, &str)] = &[
     ),
     (
         "table privileges",
-        "SELECT relname || coalesce(relacl::text, '') FROM pg_class \
-         WHERE relnamespace = 'metrics_ingest'::regnamespace AND NOT relispartition",
+        "SELECT relname || coalesce(relacl::text, '') FROM pg_class c \
+         WHERE relnamespace = 'metrics_ingest'::regnamespace AND NOT relispartition \
+         AND NOT EXISTS (SELECT 1 FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid \
+                         WHERE i.indexrelid = c.oid AND t.relispartition)",
     ),
     (
         "comments",
