@@ -18,8 +18,7 @@ use pgrx::spi::Spi;
 /// pg_catalog) and false; no error. With it, one indexed SPI query (Citus keeps
 /// a unique index on logicalrelid). An unexpected answer counts as distributed:
 /// the INSERT path is correct for every table, the direct path only for local ones.
-// Called by the direct path's eligibility check (src/sql/direct.rs, the lead's).
-#[allow(dead_code)]
+// Called when the table's shape is planned (src/sql/table.rs).
 pub fn is_distributed(relid: pg_sys::Oid) -> bool {
     // SAFETY: a syscache lookup by a NUL-terminated static name; nothing is kept.
     let catalog = unsafe {

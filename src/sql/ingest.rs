@@ -223,13 +223,24 @@ fn ingest(payload: &str, mode: OnError, texts: &mut RejectionTexts) -> Vec<Outco
         // Ordinals are the positions in `outcomes`, one outcome per element.
         if let Some(outcome) = outcomes.get_mut(ordinal - 1) {
             outcome.metrics_stored = outcome.metrics_stored.saturating_sub(1);
-            if let Repeat::Conflict(column) = repeat {
-                if outcome.status != Status::Conflict {
-                    outcome.status = Status::Conflict;
-                    outcome.differs = Some(column);
+            match repeat {
+                Repeat::Conflict(column) => {
+                    if outcome.status != Status::Conflict {
+                        outcome.status = Status::Conflict;
+                        outcome.differs = Some(column);
+                    }
                 }
-            } else if outcome.metrics_stored == 0 && outcome.status == Status::Inserted {
-                outcome.status = Status::Duplicate;
+                Repeat::Duplicate
+                    if outcome.metrics_stored == 0 && outcome.status == Status::Inserted =>
+                {
+                    outcome.status = Status::Duplicate;
+                }
+                Repeat::Skipped
+                    if outcome.metrics_stored == 0 && outcome.status == Status::Inserted =>
+                {
+                    outcome.status = Status::Skipped;
+                }
+                _ => {}
             }
         }
     }

@@ -13,6 +13,7 @@ mod insert_path;
 mod pg_compat;
 mod registry_cache;
 mod settings;
+mod setwise;
 mod sink;
 mod table;
 mod writer;

@@ -517,4 +517,61 @@ mod tests {
         ));
         assert_eq!(again, "conflict:1,duplicate:70002");
     }
+
+    #[pg_test]
+    fn a_citus_distributed_table_is_written_set_wise_through_the_executor() {
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
+        // Citus absent here: its catalog, as Citus defines it, with the row
+        // create_distributed_table('metrics_ingest.metrics', 'user_id') would add.
+        run(crate::sql::tests::tests::STAND_IN_PG_DIST_PARTITION);
+        run("INSERT INTO pg_catalog.pg_dist_partition (logicalrelid, partmethod, partkey, colocationid, repmodel) \
+             VALUES ('metrics_ingest.metrics', 'h', '{VAR :varno 1 :varattno 3}', 1, 's')");
+        // Statements that reach metrics through the executor (the fast path runs none).
+        run("CREATE TABLE pg_temp.statements (n int)");
+        run("INSERT INTO pg_temp.statements VALUES (0)");
+        run(
+            "CREATE FUNCTION pg_temp.count_statement() RETURNS trigger LANGUAGE plpgsql AS \
+             $$BEGIN UPDATE pg_temp.statements SET n = n + 1; RETURN NULL; END$$",
+        );
+        run(
+            "CREATE TRIGGER count_statement AFTER INSERT ON metrics_ingest.metrics \
+             FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.count_statement()",
+        );
+        let batch: Vec<String> = (0..6)
+            .map(|i| {
+                event(
+                    "cz",
+                    &format!("2024-05-0{}T10:00:00Z", 1 + i % 2),
+                    &format!("z{i}"),
+                )
+            })
+            .chain([
+                r#"{"user_id":"cz","timestamp":"2024-05-01T11:00:00Z","talked_time":3}"#
+                    .to_string(),
+            ])
+            .collect();
+        assert_eq!(
+            verdicts(&format!("[{}]", batch.join(","))),
+            "inserted:1,inserted:1,inserted:1,inserted:1,inserted:1,inserted:1,inserted:1"
+        );
+        assert_eq!(
+            count("SELECT n::bigint FROM pg_temp.statements"),
+            1,
+            "one INSERT for the batch"
+        );
+        // A re-send: duplicates, a conflict and a new event, settled row by row where needed.
+        let again = [
+            event("cz", "2024-05-01T10:00:00Z", "z0"),
+            r#"{"user_id":"cz","timestamp":"2024-05-02T10:00:00Z","talked_time":9,"event_id":"z1"}"#.to_string(),
+            event("cz", "2024-05-03T10:00:00Z", "z9"),
+        ];
+        assert_eq!(
+            verdicts(&format!("[{}]", again.join(","))),
+            "duplicate:0,conflict:0:metric_value,inserted:1"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'cz'"),
+            8
+        );
+    }
 }

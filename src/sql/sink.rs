@@ -13,6 +13,9 @@ pub enum Repeat {
     /// The stored row differs, first in this column: the retry disagrees with
     /// what is stored, and nothing was stored.
     Conflict(Column),
+    /// Not a repeat after all: a trigger or rule kept the row out (reported by
+    /// the set-wise INSERT path, which learns it only when its batch is written).
+    Skipped,
 }
 
 /// How an element's rows fared, counted per row.
@@ -36,6 +39,7 @@ impl Stored {
                 self.duplicate += 1;
                 self.conflict.get_or_insert(column);
             }
+            Repeat::Skipped => self.skipped += 1,
         }
     }
 }

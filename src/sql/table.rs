@@ -31,6 +31,8 @@ pub struct TableShape {
     pub insert_path: InsertReason,
     /// The table has INSERT rules: INSERT ... ON CONFLICT is refused there.
     pub has_rules: bool,
+    /// Citus distributes the table: the INSERT path writes set-wise.
+    pub distributed: bool,
     /// Planned defaults of the columns an element does not supply, by column name:
     /// for a partitioned table these are the parent's, as INSERT through it uses.
     pub defaults: Vec<(String, *mut pg_sys::Expr)>,
@@ -157,13 +159,20 @@ pub unsafe fn table_shape(rel: pg_sys::Relation) -> Rc<TableShape> {
         insert_path: shape.1,
         has_rules: shape.2,
         defaults: shape.3,
+        distributed: shape.4,
         _memory: memory,
     });
     TABLE.with(|t| *t.borrow_mut() = Some(Rc::clone(&shape)));
     shape
 }
 
-type Planned = (bool, InsertReason, bool, Vec<(String, *mut pg_sys::Expr)>);
+type Planned = (
+    bool,
+    InsertReason,
+    bool,
+    Vec<(String, *mut pg_sys::Expr)>,
+    bool,
+);
 
 unsafe fn plan_table(rel: pg_sys::Relation) -> Planned {
     // SAFETY: `rel` is open (table_shape's contract); its tuple descriptor and
@@ -173,8 +182,12 @@ unsafe fn plan_table(rel: pg_sys::Relation) -> Planned {
         let relkind = (*form).relkind as u8;
         let partitioned = relkind == pg_sys::RELKIND_PARTITIONED_TABLE;
         let has_rules = !(*rel).rd_rules.is_null();
+        let distributed = super::citus::is_distributed((*rel).rd_id);
         let mut defaults = Vec::new();
-        let reason = if relkind != pg_sys::RELKIND_RELATION && !partitioned {
+        // Citus first: whatever else the table has, its rows belong to its shards.
+        let reason = if distributed {
+            Some("it is distributed by Citus")
+        } else if relkind != pg_sys::RELKIND_RELATION && !partitioned {
             Some("it is not a plain or partitioned table")
         } else if (*form).relispartition {
             Some("it is itself a partition of another table")
@@ -184,12 +197,10 @@ unsafe fn plan_table(rel: pg_sys::Relation) -> Planned {
             Some("it has rules")
         } else if (*form).relrowsecurity {
             Some("it has row-level security")
-        } else if super::citus::is_distributed((*rel).rd_id) {
-            Some("it is distributed by Citus")
         } else {
             plan_defaults(rel, &mut defaults)
         };
-        (partitioned, reason, has_rules, defaults)
+        (partitioned, reason, has_rules, defaults, distributed)
     }
 }
 

@@ -449,7 +449,7 @@ mod tests {
     /// The stand-in for Citus's catalog, as Citus defines it (pg_catalog, a regclass
     /// column logicalrelid with a unique index). Creating a table in pg_catalog takes
     /// allow_system_table_mods; the test's transaction is rolled back afterwards.
-    const STAND_IN_PG_DIST_PARTITION: &str = "
+    pub(crate) const STAND_IN_PG_DIST_PARTITION: &str = "
         SET LOCAL allow_system_table_mods = on;
         CREATE TABLE pg_catalog.pg_dist_partition (
             logicalrelid regclass NOT NULL,

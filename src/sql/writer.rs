@@ -4,7 +4,8 @@
 //! element share it), made on demand by `metrics_ingest.partition_for` when
 //! there is none. A partition the fast path may write gets a `DirectLeaf`
 //! (one multi-insert buffer per partition, as COPY keeps, at most
-//! `MAX_OPEN_LEAVES` open at once); every other row takes the `InsertPath`.
+//! `MAX_OPEN_LEAVES` open at once); every other row takes the `InsertPath`,
+//! or, when Citus distributes the table, the `SetwiseInsert`.
 //! A plain (unpartitioned) metrics table is its own single leaf.
 
 use std::cell::Cell;
@@ -18,6 +19,7 @@ use super::direct::DirectLeaf;
 use super::errors::raise_internal;
 use super::insert_path::{kept_plan, InsertPath};
 use super::settings::retention_horizon;
+use super::setwise::SetwiseInsert;
 use super::sink::{Repeat, Sink, Stored};
 use super::table::{self, Route, TableShape};
 use crate::core::element::ValidElement;
@@ -55,7 +57,7 @@ pub struct Writer {
     routes: Vec<Route>,
     targets: Vec<(pg_sys::Oid, Target)>,
     direct: Vec<Box<DirectLeaf>>,
-    insert: Option<Box<InsertPath>>,
+    insert: Option<Box<dyn Sink>>,
     /// SPI is connected on first need: the fast path does without it.
     spi_connected: bool,
     caller_context: pg_sys::MemoryContext,
@@ -142,10 +144,16 @@ impl Writer {
             Target::Direct(i) => self.direct[i].put(ordinal, element),
             Target::Insert => {
                 self.connect_spi();
-                let rules = self.table.has_rules;
+                let (rules, distributed) = (self.table.has_rules, self.table.distributed);
                 let stored = self
                     .insert
-                    .get_or_insert_with(|| Box::new(InsertPath::new(rules)))
+                    .get_or_insert_with(|| -> Box<dyn Sink> {
+                        if distributed {
+                            Box::new(SetwiseInsert::new())
+                        } else {
+                            Box::new(InsertPath::new(rules))
+                        }
+                    })
                     .put(ordinal, element);
                 self.back_from_spi();
                 stored
