@@ -10,8 +10,10 @@
 #   5. re-install the release build (cargo pgrx test installs a test build)
 #   6. a fresh test cluster on 127.0.0.1:54330 (data in .pgtest/clusters/54330)
 #   7. integration tests: cargo test -p metrics_ingest_tests --release
-#   8. smoke: scripts/sample_data.sql into a fresh database, seed rows checked
-#   9. stop the test cluster (also done on failure)
+#   8. bench scale, small: the benchmark's scale run at 200,000 rows on the test
+#      cluster; fails on wrong rows or errors, never on speed
+#   9. smoke: scripts/sample_data.sql into a fresh database, seed rows checked
+#  10. stop the test cluster (also done on failure)
 #
 # Works as root (clusters then run as the `postgres` OS user) or as a user
 # with sudo. CI runs it through .ci/run with CI=true and no stdin.
@@ -208,6 +210,18 @@ CHECKS
     SMOKE_CHECKS_PASSED=$((SMOKE_CHECKS_PASSED + 1))
 }
 
+# ---------------------------------------------------------------------------
+# Benchmark, small (never a timed test)
+# ---------------------------------------------------------------------------
+# `bench scale` (bench/src/scale.rs) at its small size on the test cluster: every
+# mode (ingest into the partitioned table and an unpartitioned copy, the query,
+# retention) runs and checks what it stored; speeds are printed, not judged.
+bench_scale_small() {
+    cargo build -p metrics_ingest_bench --release --bin bench
+    run_logged "${CARGO_TARGET_DIR:-$MI_ROOT/target}/release/bench" scale \
+        --dsn "host=127.0.0.1 port=$TEST_PORT user=postgres dbname=postgres"
+}
+
 # Final line that CI can read: the cargo test counts plus the smoke checks.
 SMOKE_CHECKS_PASSED=0
 SMOKE_CHECKS_FAILED=0
@@ -244,5 +258,6 @@ if [[ -f tests/Cargo.toml ]]; then
 else
     step_skip "integration tests" "tests/Cargo.toml does not exist yet"
 fi
+step "bench scale, small (rows checked, speed not judged)" bench_scale_small
 step "smoke: scripts/sample_data.sql" smoke_sample_data
 step "stop test cluster" cluster_stop "$TEST_CLUSTER_DIR"
