@@ -19,10 +19,12 @@
 #      .pgtest/clusters/<port>)
 #   8. integration tests: cargo test -p metrics_ingest_tests --release, with
 #      that major's pg_dump, pg_restore and psql
-#   9. smoke: scripts/sample_data.sql into a fresh database, seed rows checked
+#   9. bench scale, small: the benchmark's scale run at 200,000 rows on the test
+#      cluster; fails on wrong rows or errors, never on speed
+#  10. smoke: scripts/sample_data.sql into a fresh database, seed rows checked
 #      (on 15 also: seed 004's pipeline, the PySpark job of scripts/spark into a
 #      fresh database, its driver SIGKILLed after a stored batch and restarted)
-#  10. stop the test cluster (also done on failure)
+#  11. stop the test cluster (also done on failure)
 # On 15 the test cluster preloads pg_cron (Debian's postgresql-15-cron), which
 # runs run_maintenance in tests/integration/partitions.rs.
 #
@@ -335,6 +337,15 @@ spark_pipeline_test() {
     psql_cmd "$TEST_PORT" postgres -c "DROP DATABASE $SPARK_DB" -c "DROP ROLE $SPARK_ROLE"
 }
 
+# `bench scale` (bench/src/scale.rs) at its small size on the test cluster: every
+# mode of the scale run (partitioned and unpartitioned ingest, retention, query)
+# runs and checks its rows; its figures are not judged here (never a timed test).
+bench_scale_small() {
+    cargo build -p metrics_ingest_bench --release --bin bench
+    run_logged "${CARGO_TARGET_DIR:-$MI_ROOT/target}/release/bench" scale \
+        --dsn "host=127.0.0.1 port=$TEST_PORT user=postgres dbname=postgres"
+}
+
 # "passed failed" summed over cargo's "test result:" lines in file $1.
 count_results() {
     awk '
@@ -401,6 +412,7 @@ for major in "${TEST_MAJORS[@]}"; do
     step "pg${major}: install release build" install_extension
     step "pg${major}: test cluster (127.0.0.1:$TEST_PORT)" test_cluster_fresh
     step "pg${major}: integration tests (cargo test -p metrics_ingest_tests --release)" integration_tests
+    step "pg${major}: bench scale, small (rows checked, speed not judged)" bench_scale_small
     step "pg${major}: smoke: scripts/sample_data.sql" smoke_sample_data
     if ((major == 15)); then
         step "pg15: seed 004 pipeline: PySpark -> ingest_json, SIGKILL and restart (scripts/spark)" spark_pipeline_test

@@ -1,11 +1,17 @@
-//! The ingestion benchmark: how fast `metrics_ingest.ingest_json` and
+//! The metrics_ingest benchmark program (a program, never a test). Run it
+//! through `scripts/bench.sh`, which installs the extension and starts a server.
+//!
+//!   bench [compare] [--rows N] [--rounds N] [--batch N] [--single-rows N]
+//!         [--memory-mb N] [--seed N] [--dsn DSN] [--keep-db] [--quick]
+//!   bench scale [--full] [--rows N] ...        (see scale.rs; `bench scale --help`)
+//!
+//! `compare` (the default): how fast `metrics_ingest.ingest_json` and
 //! `insert_metric` store rows compared with what PostgreSQL does without the
 //! extension (COPY, json_populate_recordset, single-row INSERTs), on the same
-//! generated rows into tables of the same definition, and how much memory one
-//! large ingest_json call takes. Run it through `scripts/bench.sh`.
-//!
-//!   bench [--rows N] [--rounds N] [--batch N] [--single-rows N] [--memory-mb N]
-//!         [--seed N] [--dsn DSN] [--keep-db] [--quick]
+//! generated rows into tables of the same definition, partitioned like
+//! `metrics_ingest.metrics` (same partition bounds, made before any timing;
+//! metrics_ingest.metrics has its partitions before timing too), and how much
+//! memory one large ingest_json call takes.
 //!
 //! It creates (and at the end drops) its own database `metrics_bench` on the
 //! server named by `--dsn` / `METRICS_INGEST_BENCH_DSN` (default
@@ -40,6 +46,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, Subcommand};
 use metrics_ingest_tests::events::{
     self, insert_sql, CallOverload, Event, Generator, CALL_NUMBER_SQL, CALL_NUMBER_TYPES,
     CALL_TEXT_SQL, CALL_TEXT_TYPES, COMPARED_COLUMNS, COPY_COLUMNS, INSERT_TYPES, SEED000_COLUMNS,
@@ -49,24 +56,77 @@ use postgres::{Client, Config, NoTls, Statement};
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
+mod scale;
+
 const DEFAULT_DSN: &str = "host=127.0.0.1 port=54329 user=postgres dbname=postgres";
 const BENCH_DB: &str = "metrics_bench";
 const MIB: f64 = 1024.0 * 1024.0;
 
-const USAGE: &str = "\
-usage: bench [options]
-  --rows N         rows per run for the bulk methods (default 200000; env METRICS_INGEST_BENCH_ROWS)
-  --rounds N       rounds; medians are reported (default 5; env METRICS_INGEST_BENCH_ROUNDS)
-  --batch N        elements per ingest_json / json_populate_recordset call and rows per
-                   COPY statement and per transaction of the batched single-row methods (default 10000)
-  --single-rows N  rows per run for the single-row INSERT / CALL methods (default 5000)
-  --memory-mb N    payload size of the memory measurement in MiB (default 64; 0 skips it)
-  --seed N         generator seed (default 42)
-  --dsn DSN        server to use (default: env METRICS_INGEST_BENCH_DSN, else
-                   'host=127.0.0.1 port=54329 user=postgres dbname=postgres')
-  --keep-db        do not drop the database metrics_bench at the end
-  --quick          smoke test: 20000 rows, 2 rounds, 1000 single rows, 8 MiB memory payload
-";
+/// The metrics_ingest benchmark. Without a subcommand it runs `compare`.
+#[derive(Debug, Parser)]
+#[command(name = "bench", args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    #[command(flatten)]
+    compare: CompareArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// ingest_json and insert_metric against COPY, json_populate_recordset and
+    /// INSERT on the same rows into identically partitioned tables (the default)
+    Compare(CompareArgs),
+    /// Scale run: rows/s per million rows into the partitioned table and into an
+    /// unpartitioned copy, retention by dropping a partition against DELETE +
+    /// VACUUM, and one user's day by query. Small unless --full.
+    Scale(scale::ScaleArgs),
+}
+
+/// A count such as 200000 or 20_000_000.
+fn parse_count(v: &str) -> Result<usize, String> {
+    v.replace('_', "").parse().map_err(|e| format!("{v}: {e}"))
+}
+
+/// The server to use; shared by every mode.
+#[derive(Debug, Clone, clap::Args)]
+struct ServerArgs {
+    /// server to use (a libpq key=value string; the bench creates and drops its
+    /// own databases there)
+    #[arg(long, env = "METRICS_INGEST_BENCH_DSN", default_value = DEFAULT_DSN)]
+    dsn: String,
+    /// do not drop the bench's databases at the end
+    #[arg(long)]
+    keep_db: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct CompareArgs {
+    /// rows per run for the bulk methods [default: 200000, 20000 with --quick]
+    #[arg(long, env = "METRICS_INGEST_BENCH_ROWS", value_parser = parse_count)]
+    rows: Option<usize>,
+    /// rounds; medians are reported [default: 5, 2 with --quick]
+    #[arg(long, env = "METRICS_INGEST_BENCH_ROUNDS", value_parser = parse_count)]
+    rounds: Option<usize>,
+    /// elements per ingest_json / json_populate_recordset call, rows per COPY
+    /// statement and per transaction of the batched single-row methods
+    #[arg(long, default_value = "10000", value_parser = parse_count)]
+    batch: usize,
+    /// rows per run for the single-row INSERT / CALL methods [default: 5000, 1000 with --quick]
+    #[arg(long, value_parser = parse_count)]
+    single_rows: Option<usize>,
+    /// payload size of the memory measurement in MiB; 0 skips it [default: 64, 8 with --quick]
+    #[arg(long, value_parser = parse_count)]
+    memory_mb: Option<usize>,
+    /// generator seed
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// smoke test: 20000 rows, 2 rounds, 1000 single rows, 8 MiB memory payload
+    #[arg(long)]
+    quick: bool,
+    #[command(flatten)]
+    server: ServerArgs,
+}
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -81,83 +141,30 @@ struct Opts {
     quick: bool,
 }
 
-fn env_usize(name: &str) -> Res<Option<usize>> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => Ok(Some(
-            v.trim()
-                .replace('_', "")
-                .parse()
-                .map_err(|e| format!("{name}={v}: {e}"))?,
-        )),
-        _ => Ok(None),
-    }
-}
-
-fn parse_num(what: &str, v: &str) -> Res<usize> {
-    v.replace('_', "")
-        .parse()
-        .map_err(|e| format!("{what} {v}: {e}").into())
-}
-
-fn parse_opts() -> Res<Opts> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let quick = args.iter().any(|a| a == "--quick");
-    let mut o = Opts {
-        dsn: std::env::var("METRICS_INGEST_BENCH_DSN")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_DSN.to_string()),
-        rows: if quick { 20_000 } else { 200_000 },
-        rounds: if quick { 2 } else { 5 },
-        batch: 10_000,
-        single_rows: if quick { 1_000 } else { 5_000 },
-        memory_mb: if quick { 8 } else { 64 },
-        seed: 42,
-        keep_db: false,
-        quick,
-    };
-    if let Some(v) = env_usize("METRICS_INGEST_BENCH_ROWS")? {
-        o.rows = v;
-    }
-    if let Some(v) = env_usize("METRICS_INGEST_BENCH_ROUNDS")? {
-        o.rounds = v;
-    }
-    let mut it = args.into_iter();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (arg.clone(), None),
+impl CompareArgs {
+    fn opts(self) -> Res<Opts> {
+        let quick = self.quick;
+        let o = Opts {
+            dsn: self.server.dsn,
+            rows: self.rows.unwrap_or(if quick { 20_000 } else { 200_000 }),
+            rounds: self.rounds.unwrap_or(if quick { 2 } else { 5 }),
+            batch: self.batch,
+            single_rows: self
+                .single_rows
+                .unwrap_or(if quick { 1_000 } else { 5_000 }),
+            memory_mb: self.memory_mb.unwrap_or(if quick { 8 } else { 64 }),
+            seed: self.seed,
+            keep_db: self.server.keep_db,
+            quick,
         };
-        let mut value = |what: &str| -> Res<String> {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .ok_or_else(|| format!("{what} needs a value\n{USAGE}").into())
-        };
-        match name.as_str() {
-            "--rows" => o.rows = parse_num("--rows", &value("--rows")?)?,
-            "--rounds" => o.rounds = parse_num("--rounds", &value("--rounds")?)?,
-            "--batch" => o.batch = parse_num("--batch", &value("--batch")?)?,
-            "--single-rows" => {
-                o.single_rows = parse_num("--single-rows", &value("--single-rows")?)?
-            }
-            "--memory-mb" => o.memory_mb = parse_num("--memory-mb", &value("--memory-mb")?)?,
-            "--seed" => o.seed = parse_num("--seed", &value("--seed")?)? as u64,
-            "--dsn" => o.dsn = value("--dsn")?,
-            "--keep-db" => o.keep_db = true,
-            "--quick" => {}
-            "-h" | "--help" => {
-                print!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}").into()),
+        if o.rows == 0 || o.rounds == 0 || o.batch == 0 {
+            return Err("--rows, --rounds and --batch must be positive".into());
         }
+        Ok(Opts {
+            single_rows: o.single_rows.min(o.rows),
+            ..o
+        })
     }
-    if o.rows == 0 || o.rounds == 0 || o.batch == 0 {
-        return Err("--rows, --rounds and --batch must be positive".into());
-    }
-    o.single_rows = o.single_rows.min(o.rows);
-    Ok(o)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -653,9 +660,14 @@ fn setup_database(o: &Opts) -> Res<Config> {
         "SET client_min_messages = warning;
          CREATE EXTENSION metrics_ingest;
          CREATE SCHEMA bench;
-         CREATE TABLE bench.copy_target (LIKE metrics_ingest.metrics INCLUDING ALL);
-         CREATE TABLE bench.populate_target (LIKE metrics_ingest.metrics INCLUDING ALL);
-         CREATE TABLE bench.insert_target (LIKE metrics_ingest.metrics INCLUDING ALL);
+         -- partitioned like metrics (LIKE copies columns, keys and indexes, not the
+         -- partitioning); partitions with metrics' bounds come from partition_targets
+         CREATE TABLE bench.copy_target (LIKE metrics_ingest.metrics INCLUDING ALL)
+             PARTITION BY RANGE (\"timestamp\");
+         CREATE TABLE bench.populate_target (LIKE metrics_ingest.metrics INCLUDING ALL)
+             PARTITION BY RANGE (\"timestamp\");
+         CREATE TABLE bench.insert_target (LIKE metrics_ingest.metrics INCLUDING ALL)
+             PARTITION BY RANGE (\"timestamp\");
          CREATE TABLE bench.seed000 (
              id serial PRIMARY KEY,
              \"timestamp\" timestamp,
@@ -674,14 +686,96 @@ fn setup_database(o: &Opts) -> Res<Config> {
          CREATE TABLE bench.ref_all (LIKE metrics_ingest.metrics INCLUDING DEFAULTS INCLUDING IDENTITY);
          CREATE TABLE bench.ref_single (LIKE metrics_ingest.metrics INCLUDING DEFAULTS INCLUDING IDENTITY);
          CREATE TABLE bench.ref_good (LIKE metrics_ingest.metrics INCLUDING DEFAULTS INCLUDING IDENTITY);
-         -- the same for every target: no autovacuum run landing inside another method's timing
-         ALTER TABLE metrics_ingest.metrics SET (autovacuum_enabled = off);
-         ALTER TABLE bench.copy_target SET (autovacuum_enabled = off);
-         ALTER TABLE bench.populate_target SET (autovacuum_enabled = off);
-         ALTER TABLE bench.insert_target SET (autovacuum_enabled = off);
+         -- the same for every target (and every partition, see partition_targets):
+         -- no autovacuum run landing inside another method's timing
          ALTER TABLE bench.seed000 SET (autovacuum_enabled = off);",
     )?;
     Ok(cfg)
+}
+
+/// The partitioned targets of the compare mode.
+const PARTITIONED_TARGETS: [&str; 3] = [
+    "bench.copy_target",
+    "bench.populate_target",
+    "bench.insert_target",
+];
+
+/// Before any timing: makes metrics_ingest.metrics' partitions for every
+/// partition-interval cell that `events` touch (through ingest_json itself, one
+/// event per cell, then truncated), gives every partitioned target a partition
+/// with the same bounds, and turns autovacuum off on all of them. Returns the
+/// partitions as (name, lower, upper).
+fn partition_targets(
+    c: &mut Client,
+    events: &[&[Event]],
+    seed: u64,
+) -> Res<Vec<(String, String, String)>> {
+    let (lo, hi) = events
+        .iter()
+        .flat_map(|es| es.iter())
+        .fold((i64::MAX, i64::MIN), |(lo, hi), e| {
+            (lo.min(e.unix_us), hi.max(e.unix_us))
+        });
+    let cells: Vec<i64> = c
+        .query(
+            "SELECT (extract(epoch FROM cell) * 1000)::bigint \
+             FROM (SELECT partition_interval AS width FROM metrics_ingest.settings) s, \
+                  generate_series(date_bin(width, to_timestamp($1::float8 / 1e6), \
+                                           '2000-01-01 00:00:00+00'), \
+                                  to_timestamp($2::float8 / 1e6), width) cell",
+            &[&(lo as f64), &(hi as f64)],
+        )?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let markers: Vec<Event> = Generator::new(seed.wrapping_add(11))
+        .zip(&cells)
+        .map(|(mut e, &ms)| {
+            e.unix_us = ms * 1000;
+            e.timestamp = events::iso_utc_ms(ms, false);
+            e
+        })
+        .collect();
+    let row = c.query_one(
+        "SELECT count(*) FILTER (WHERE status = 'inserted') FROM metrics_ingest.ingest_json($1::text)",
+        &[&events::json_array(&markers)],
+    )?;
+    let inserted: i64 = row.get(0);
+    if inserted as usize != markers.len() {
+        return Err(format!(
+            "making partitions: ingest_json inserted {inserted} of {} events",
+            markers.len()
+        )
+        .into());
+    }
+    c.batch_execute("TRUNCATE metrics_ingest.metrics, metrics_ingest.rejected")?;
+    let partitions: Vec<(String, String, String, String)> = c
+        .query(
+            "SELECT p.partition::text, c.relname::text, p.lower::text, p.upper::text \
+             FROM metrics_ingest.partitions() p JOIN pg_class c ON c.oid = p.partition",
+            &[],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let mut ddl = String::new();
+    for (partition, relname, lower, upper) in &partitions {
+        ddl.push_str(&format!(
+            "ALTER TABLE {partition} SET (autovacuum_enabled = off);\n"
+        ));
+        let suffix = relname.strip_prefix("metrics").unwrap_or(relname);
+        for target in PARTITIONED_TARGETS {
+            ddl.push_str(&format!(
+                "CREATE TABLE {target}{suffix} PARTITION OF {target} \
+                 FOR VALUES FROM ('{lower}') TO ('{upper}') WITH (autovacuum_enabled = off);\n"
+            ));
+        }
+    }
+    c.batch_execute(&ddl)?;
+    Ok(partitions
+        .into_iter()
+        .map(|(p, _, l, u)| (p, l, u))
+        .collect())
 }
 
 fn show(c: &mut Client, setting: &str) -> String {
@@ -1088,8 +1182,7 @@ fn memory_test(o: &Opts, cfg: &Config, main: &mut Client) -> Res<bool> {
 
 // ---------------------------------------------------------------------------
 
-fn run() -> Res<i32> {
-    let o = parse_opts()?;
+fn run_compare(o: Opts) -> Res<i32> {
     let started = Instant::now();
     println!(
         "metrics_ingest bench{}",
@@ -1107,6 +1200,7 @@ fn run() -> Res<i32> {
     let work = Work::new(&all, single, o.batch);
     let warm_events: Vec<Event> = Generator::new(o.seed.wrapping_add(7)).take(500).collect();
     let warm = Work::new(&warm_events, &warm_events[..100], o.batch);
+    let partitions = partition_targets(&mut c, &[&all, &warm_events], o.seed)?;
     // COPY's ON_ERROR option exists from PostgreSQL 17 on.
     let server_version: i32 = c
         .query_one("SELECT current_setting('server_version_num')::int", &[])?
@@ -1156,8 +1250,18 @@ fn run() -> Res<i32> {
         bytes(&work.row_json) as f64 / o.rows as f64
     );
     println!(
-        "  targets              same definition and indexes as metrics_ingest.metrics (LIKE ... INCLUDING ALL); \
-         ingest_json and insert_metric write metrics_ingest.metrics itself; autovacuum off on all"
+        "  targets              same definition and indexes as metrics_ingest.metrics (LIKE ... INCLUDING ALL), \
+         PARTITION BY RANGE (\"timestamp\") with the same partitions; ingest_json and insert_metric write \
+         metrics_ingest.metrics itself; autovacuum off on all"
+    );
+    println!(
+        "  partitions           {} in each partitioned table, made before timing: {}",
+        partitions.len(),
+        partitions
+            .iter()
+            .map(|(p, l, u)| format!("{p} [{l}, {u})"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     if on_error {
         println!(
@@ -1422,6 +1526,15 @@ type LibraryIdentity = Option<(String, u64, std::time::SystemTime, Option<bool>)
 /// The DSN and the library as found at the start, to explain a crash.
 static LIBRARY_AT_START: std::sync::OnceLock<(String, LibraryIdentity)> =
     std::sync::OnceLock::new();
+
+fn run() -> Res<i32> {
+    let cli = Cli::parse();
+    match cli.mode {
+        None => run_compare(cli.compare.opts()?),
+        Some(Mode::Compare(args)) => run_compare(args.opts()?),
+        Some(Mode::Scale(args)) => scale::run(args),
+    }
+}
 
 fn main() {
     match run() {
