@@ -39,3 +39,19 @@ pub fn is_distributed(relid: pg_sys::Oid) -> bool {
     .flatten()
     .unwrap_or(true)
 }
+
+/// Citus's catalog as Citus defines it, for the tests (Citus is not installed
+/// here): created in a test's transaction with allow_system_table_mods, and
+/// rolled back with it.
+#[cfg(any(test, feature = "pg_test"))]
+pub const STAND_IN_PG_DIST_PARTITION: &str = "
+    SET LOCAL allow_system_table_mods = on;
+    CREATE TABLE pg_catalog.pg_dist_partition (
+        logicalrelid regclass NOT NULL,
+        partmethod \"char\" NOT NULL,
+        partkey text,
+        colocationid integer DEFAULT 0 NOT NULL,
+        repmodel \"char\" DEFAULT 'c' NOT NULL,
+        autoconverted boolean DEFAULT false);
+    CREATE UNIQUE INDEX pg_dist_partition_logical_relid_index
+        ON pg_catalog.pg_dist_partition USING btree (logicalrelid);";

@@ -523,7 +523,7 @@ mod tests {
         run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
         // Citus absent here: its catalog, as Citus defines it, with the row
         // create_distributed_table('metrics_ingest.metrics', 'user_id') would add.
-        run(crate::sql::tests::tests::STAND_IN_PG_DIST_PARTITION);
+        run(crate::sql::citus::STAND_IN_PG_DIST_PARTITION);
         run("INSERT INTO pg_catalog.pg_dist_partition (logicalrelid, partmethod, partkey, colocationid, repmodel) \
              VALUES ('metrics_ingest.metrics', 'h', '{VAR :varno 1 :varattno 3}', 1, 's')");
         // Statements that reach metrics through the executor (the fast path runs none).

@@ -447,19 +447,8 @@ mod tests {
     }
 
     /// The stand-in for Citus's catalog, as Citus defines it (pg_catalog, a regclass
-    /// column logicalrelid with a unique index). Creating a table in pg_catalog takes
-    /// allow_system_table_mods; the test's transaction is rolled back afterwards.
-    pub(crate) const STAND_IN_PG_DIST_PARTITION: &str = "
-        SET LOCAL allow_system_table_mods = on;
-        CREATE TABLE pg_catalog.pg_dist_partition (
-            logicalrelid regclass NOT NULL,
-            partmethod \"char\" NOT NULL,
-            partkey text,
-            colocationid integer DEFAULT 0 NOT NULL,
-            repmodel \"char\" DEFAULT 'c' NOT NULL,
-            autoconverted boolean DEFAULT false);
-        CREATE UNIQUE INDEX pg_dist_partition_logical_relid_index
-            ON pg_catalog.pg_dist_partition USING btree (logicalrelid);";
+    /// column logicalrelid with a unique index).
+    use crate::sql::citus::STAND_IN_PG_DIST_PARTITION;
 
     #[pg_test]
     fn citus_distributed_tables_are_detected_by_pg_dist_partition() {

@@ -470,4 +470,3 @@ fn the_insert_path_runs_in_bounded_memory() {
         "the backend grew by {growth_mb} MB on the INSERT path for 50,000 wide elements"
     );
 }
-
