@@ -14,6 +14,41 @@ use metrics_ingest_tests::server::{
 
 use crate::support::{count, ingest, texts};
 
+/// Runs `call` on `client` and returns by how many MB the backend's private
+/// resident memory (RssAnon) grew at its peak, sampled every 5 ms meanwhile:
+/// shared buffers the call touches are not the backend's own.
+fn peak_growth_mb<T>(client: &mut Client, call: impl FnOnce(&mut Client) -> T) -> (T, u64) {
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let status = PathBuf::from(format!("/proc/{pid}/status"));
+    let rss_anon_kb = move || -> u64 {
+        let text = std::fs::read_to_string(&status).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss_anon_kb();
+    assert!(before > 0, "cannot read the backend's /proc status");
+    let done = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let (done, peak, rss) = (done.clone(), peak.clone(), rss_anon_kb.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let result = call(client);
+    done.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    (result, (peak.load(Ordering::Relaxed) - before) / 1024)
+}
+
 fn talked_time(event: &str, value: &str) -> String {
     format!(
         r#"[{{"timestamp":"2024-06-01T08:00:00Z","user_id":"hard","metric_type":"talked_time","metric_value":{value},"event_id":"{event}"}}]"#
@@ -130,43 +165,17 @@ fn registry_refuses_labels_it_cannot_use() {
 fn rejections_cost_bounded_memory() {
     let db = TestDb::new("rejection_memory");
     let mut client = db.connect();
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let status = PathBuf::from(format!("/proc/{pid}/status"));
-    let rss_anon_kb = move || -> u64 {
-        let text = std::fs::read_to_string(&status).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("RssAnon:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    let before = rss_anon_kb();
-    assert!(before > 0, "cannot read the backend's /proc status");
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(before));
-    let sampler = {
-        let (done, peak, rss) = (done.clone(), peak.clone(), rss_anon_kb.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
     let payload = format!("[{}1]", "1,".repeat(1_999_999));
-    let rejected = client
-        .query_one(
-            "SELECT count(*) FILTER (WHERE status = 'rejected') \
-             FROM metrics_ingest.ingest_json($1::text)",
-            &[&payload],
-        )
-        .unwrap_or_else(|e| panic!("{}", error_text(&e)));
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let (rejected, growth_mb) = peak_growth_mb(&mut client, |client| {
+        client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE status = 'rejected') \
+                 FROM metrics_ingest.ingest_json($1::text)",
+                &[&payload],
+            )
+            .unwrap_or_else(|e| panic!("{}", error_text(&e)))
+    });
     assert_eq!(rejected.get::<_, i64>(0), 2_000_000);
-    let growth_mb = (peak.load(Ordering::Relaxed) - before) / 1024;
     assert!(
         growth_mb <= 100,
         "the backend grew by {growth_mb} MB for 2,000,000 rejections"
@@ -410,18 +419,6 @@ fn the_insert_path_runs_in_bounded_memory() {
              CREATE TRIGGER pass BEFORE INSERT ON metrics_ingest.metrics FOR EACH ROW EXECUTE FUNCTION public.pass()",
         )
         .expect("trigger");
-    let pid: i32 = client
-        .query_one("SELECT pg_backend_pid()", &[])
-        .unwrap()
-        .get(0);
-    let status = PathBuf::from(format!("/proc/{pid}/status"));
-    let rss_anon_kb = move || -> u64 {
-        let text = std::fs::read_to_string(&status).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("RssAnon:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
     // Warm the backend (plans, partition) so the measurement is of the batch.
     client
         .query(
@@ -429,19 +426,6 @@ fn the_insert_path_runs_in_bounded_memory() {
             &[&r#"{"user_id":"w","timestamp":"2024-07-01T00:00:00Z","talked_time":1,"microphone_used":1}"#],
         )
         .unwrap();
-    let before = rss_anon_kb();
-    assert!(before > 0, "cannot read the backend's /proc status");
-    let done = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(before));
-    let sampler = {
-        let (done, peak, rss) = (done.clone(), peak.clone(), rss_anon_kb.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
     let elements: Vec<String> = (0..50_000)
         .map(|i| {
             format!(
@@ -454,16 +438,15 @@ fn the_insert_path_runs_in_bounded_memory() {
         })
         .collect();
     let payload = format!("[{}]", elements.join(","));
-    let stored = client
-        .query_one(
-            "SELECT sum(metrics_stored) FROM metrics_ingest.ingest_json($1::text)",
-            &[&payload],
-        )
-        .unwrap_or_else(|e| panic!("{}", error_text(&e)));
-    done.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
+    let (stored, growth_mb) = peak_growth_mb(&mut client, |client| {
+        client
+            .query_one(
+                "SELECT sum(metrics_stored) FROM metrics_ingest.ingest_json($1::text)",
+                &[&payload],
+            )
+            .unwrap_or_else(|e| panic!("{}", error_text(&e)))
+    });
     assert_eq!(stored.get::<_, i64>(0), 200_000);
-    let growth_mb = (peak.load(Ordering::Relaxed) - before) / 1024;
     println!("INSERT path: 50,000 wide elements grew the backend by {growth_mb} MB");
     assert!(
         growth_mb <= 40,
