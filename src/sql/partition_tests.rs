@@ -574,4 +574,38 @@ mod tests {
             8
         );
     }
+
+    #[pg_test]
+    fn a_volatile_default_is_evaluated_row_by_row_as_insert_does() {
+        // COPY does not batch rows whose defaults are volatile: each row's default may
+        // see the rows before it. The fast path hands such a table to the INSERT path.
+        run(
+            "CREATE FUNCTION public.metrics_seen() RETURNS bigint LANGUAGE sql VOLATILE \
+             AS $$SELECT count(*) FROM metrics_ingest.metrics$$",
+        );
+        run("ALTER TABLE metrics_ingest.metrics ADD COLUMN seen bigint DEFAULT public.metrics_seen()");
+        verdicts(&format!(
+            "[{}, {}, {}]",
+            event("v", "2024-01-01T10:00:00Z", "v1"),
+            event("v", "2024-01-01T10:00:01Z", "v2"),
+            event("v", "2024-01-01T10:00:02Z", "v3")
+        ));
+        assert_eq!(
+            text("SELECT string_agg(seen::text, ',' ORDER BY event_id) FROM metrics_ingest.metrics WHERE user_id = 'v'"),
+            "0,1,2"
+        );
+    }
+
+    #[pg_test]
+    fn a_column_whose_type_changed_is_coerced_as_insert_would() {
+        run("ALTER TABLE metrics_ingest.metrics ALTER COLUMN sentiment_score TYPE numeric(3, 1)");
+        verdicts(
+            r#"{"user_id":"ty","timestamp":"2024-01-01T10:00:00Z","talked_time":1,"sentiment_score":0.25}"#,
+        );
+        assert_eq!(
+            text("SELECT sentiment_score::text FROM metrics_ingest.metrics WHERE user_id = 'ty'"),
+            "0.3",
+            "numeric(3,1) rounds 0.25 as an INSERT does"
+        );
+    }
 }

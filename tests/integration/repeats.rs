@@ -74,3 +74,28 @@ fn a_retry_from_another_session_with_other_values_is_a_conflict() {
     assert_eq!(outcome.field.as_deref(), Some("metric_value"));
     assert_eq!(ingest(&mut b, EVENT)[0].status, "duplicate");
 }
+
+#[test]
+fn drop_and_create_extension_under_an_open_session_gives_ordinary_results() {
+    let db = TestDb::new("repeats_recreate");
+    let mut session = db.connect();
+    assert_eq!(ingest(&mut session, EVENT)[0].status, "inserted");
+    let mut admin = db.connect();
+    admin
+        .batch_execute("DROP EXTENSION metrics_ingest CASCADE; CREATE EXTENSION metrics_ingest")
+        .expect("recreate");
+    // The open session's cached table shape and registry belong to the old objects.
+    assert_eq!(ingest(&mut session, EVENT)[0].status, "inserted");
+    assert_eq!(ingest(&mut session, EVENT)[0].status, "duplicate");
+    admin
+        .batch_execute("DROP EXTENSION metrics_ingest CASCADE")
+        .expect("drop");
+    let error = crate::support::ingest_with(&mut session, EVENT, Via::Text, "reject")
+        .expect_err("the function is gone");
+    assert_eq!(
+        error.code().map(|c| c.code()),
+        Some("42883"),
+        "{}",
+        error_text(&error)
+    );
+}
