@@ -132,20 +132,6 @@ fn on_error_mode(on_error: Option<&str>) -> OnError {
     }
 }
 
-pub(super) static V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
-
-#[no_mangle]
-pub extern "C" fn pg_finfo_ingest_json_text_wrapper() -> &'static pg_sys::Pg_finfo_record {
-    &V1
-}
-
-#[no_mangle]
-pub extern "C" fn pg_finfo_ingest_json_jsonb_wrapper() -> &'static pg_sys::Pg_finfo_record {
-    &V1
-}
-
-/// For `text` and `json` payloads: parsed once, in place, streaming.
-#[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn ingest_json_text_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,

@@ -7,25 +7,12 @@ use pgrx::prelude::*;
 
 use super::datum::jsonb_text;
 use super::errors::{raise, raise_rejection};
-use super::ingest::V1;
 use super::registry_cache::registry;
 use super::writer::{Path, Writer};
 use crate::core::element::{validate_call, CallArgs, CallValue};
 use crate::core::error::{Rejection, RejectionKind};
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
 
-#[no_mangle]
-pub extern "C" fn pg_finfo_insert_metric_text_wrapper() -> &'static pg_sys::Pg_finfo_record {
-    &V1
-}
-
-#[no_mangle]
-pub extern "C" fn pg_finfo_insert_metric_number_wrapper() -> &'static pg_sys::Pg_finfo_record {
-    &V1
-}
-
-/// `insert_metric(..., metric_value text, ...)`
-#[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn insert_metric_text_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,

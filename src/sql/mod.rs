@@ -7,6 +7,7 @@ mod datum;
 mod dead_letters;
 mod direct;
 mod errors;
+mod fmgr;
 mod ingest;
 mod insert_metric;
 mod insert_path;
