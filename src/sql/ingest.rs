@@ -132,6 +132,8 @@ fn on_error_mode(on_error: Option<&str>) -> OnError {
     }
 }
 
+/// For `text` and `json` payloads: parsed once, in place, streaming.
+#[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn ingest_json_text_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,

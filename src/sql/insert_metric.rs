@@ -13,6 +13,8 @@ use crate::core::element::{validate_call, CallArgs, CallValue};
 use crate::core::error::{Rejection, RejectionKind};
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
 
+/// `insert_metric(..., metric_value text, ...)`
+#[pg_guard]
 #[no_mangle]
 pub unsafe extern "C-unwind" fn insert_metric_text_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,

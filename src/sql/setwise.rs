@@ -26,8 +26,10 @@ const INSERT_SET: &str = "INSERT INTO metrics_ingest.metrics (\"timestamp\", use
      metric_type, metric_value, metric_label, device_id, app_version, location, sentiment_score, \
      event_id, attributes) \
      SELECT t::pg_catalog.timestamptz, u, s, mt, mv, ml, d, av, l, ss, e, a::pg_catalog.jsonb \
-     FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-       AS x(t, u, s, mt, mv, ml, d, av, l, ss, e, a) \
+     FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
+       pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), \
+       pg_catalog.unnest($8), pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11), \
+       pg_catalog.unnest($12)) AS x(t, u, s, mt, mv, ml, d, av, l, ss, e, a) \
      ON CONFLICT DO NOTHING \
      RETURNING user_id, event_id, metric_type, \
        pg_catalog.to_char(\"timestamp\" AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
