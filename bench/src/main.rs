@@ -660,7 +660,7 @@ fn setup_database(o: &Opts) -> Res<Config> {
         "SET client_min_messages = warning;
          CREATE EXTENSION metrics_ingest;
          CREATE SCHEMA bench;
-         -- partitioned like metrics (LIKE copies columns, keys and indexes, not the
+         -- partitioned like metrics (LIKE copies columns and constraints, not the
          -- partitioning); partitions with metrics' bounds come from partition_targets
          CREATE TABLE bench.copy_target (LIKE metrics_ingest.metrics INCLUDING ALL)
              PARTITION BY RANGE (\"timestamp\");
@@ -668,6 +668,26 @@ fn setup_database(o: &Opts) -> Res<Config> {
              PARTITION BY RANGE (\"timestamp\");
          CREATE TABLE bench.insert_target (LIKE metrics_ingest.metrics INCLUDING ALL)
              PARTITION BY RANGE (\"timestamp\");
+         -- the keys and indexes each partition of metrics gets (partition_for in
+         -- sql/partitions.sql), declared here on the parents so their partitions get them
+         ALTER TABLE bench.copy_target ADD PRIMARY KEY (user_id, \"timestamp\", id);
+         CREATE UNIQUE INDEX ON bench.copy_target (user_id, event_id, metric_type, \"timestamp\")
+             WHERE event_id IS NOT NULL;
+         CREATE INDEX ON bench.copy_target (session_id, \"timestamp\") WHERE session_id IS NOT NULL;
+         CREATE INDEX ON bench.copy_target (metric_type, \"timestamp\");
+         CREATE INDEX ON bench.copy_target USING brin (\"timestamp\");
+         ALTER TABLE bench.populate_target ADD PRIMARY KEY (user_id, \"timestamp\", id);
+         CREATE UNIQUE INDEX ON bench.populate_target (user_id, event_id, metric_type, \"timestamp\")
+             WHERE event_id IS NOT NULL;
+         CREATE INDEX ON bench.populate_target (session_id, \"timestamp\") WHERE session_id IS NOT NULL;
+         CREATE INDEX ON bench.populate_target (metric_type, \"timestamp\");
+         CREATE INDEX ON bench.populate_target USING brin (\"timestamp\");
+         ALTER TABLE bench.insert_target ADD PRIMARY KEY (user_id, \"timestamp\", id);
+         CREATE UNIQUE INDEX ON bench.insert_target (user_id, event_id, metric_type, \"timestamp\")
+             WHERE event_id IS NOT NULL;
+         CREATE INDEX ON bench.insert_target (session_id, \"timestamp\") WHERE session_id IS NOT NULL;
+         CREATE INDEX ON bench.insert_target (metric_type, \"timestamp\");
+         CREATE INDEX ON bench.insert_target USING brin (\"timestamp\");
          CREATE TABLE bench.seed000 (
              id serial PRIMARY KEY,
              \"timestamp\" timestamp,
@@ -719,7 +739,7 @@ fn partition_targets(
     let cells: Vec<i64> = c
         .query(
             "SELECT (extract(epoch FROM cell) * 1000)::bigint \
-             FROM (SELECT partition_interval AS width FROM metrics_ingest.settings) s, \
+             FROM (SELECT coalesce((SELECT partition_interval FROM metrics_ingest.settings), '1 day') AS width) s, \
                   generate_series(date_bin(width, to_timestamp($1::float8 / 1e6), \
                                            '2000-01-01 00:00:00+00'), \
                                   to_timestamp($2::float8 / 1e6), width) cell",

@@ -171,32 +171,11 @@ fn drop_database(dsn: &str, name: &str) -> Res<()> {
     Ok(())
 }
 
-/// Puts a plain table with metrics' columns, defaults, identity, constraints,
-/// keys and indexes (same names) in the place of the partitioned
-/// metrics_ingest.metrics, outside the extension: 0.1.1's table.
+/// Puts a plain table with metrics' columns, defaults, identity and
+/// constraints, and the keys and indexes every partition gets (partition_for in
+/// sql/partitions.sql), in the place of the partitioned metrics_ingest.metrics,
+/// outside the extension: 0.1.1's table.
 fn unpartition(c: &mut Client) -> Res<()> {
-    // Keys and indexes as the catalog defines them on the partitioned table.
-    let constraints: Vec<(String, String)> = c
-        .query(
-            "SELECT conname::text, pg_get_constraintdef(oid) FROM pg_constraint \
-             WHERE conrelid = 'metrics_ingest.metrics'::regclass AND contype IN ('p', 'u', 'x') \
-             ORDER BY conname",
-            &[],
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let indexes: Vec<String> = c
-        .query(
-            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i \
-             WHERE i.indrelid = 'metrics_ingest.metrics'::regclass \
-               AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) \
-             ORDER BY i.indexrelid::regclass::text",
-            &[],
-        )?
-        .iter()
-        .map(|r| r.get::<_, String>(0).replacen(" ON ONLY ", " ON ", 1))
-        .collect();
     let mut sql = String::from(
         "SET client_min_messages = warning;
          CREATE TABLE metrics_ingest.metrics_plain (LIKE metrics_ingest.metrics
@@ -208,15 +187,15 @@ fn unpartition(c: &mut Client) -> Res<()> {
          ALTER TABLE metrics_ingest.metrics_plain RENAME TO metrics;
          ALTER SEQUENCE metrics_ingest.metrics_plain_id_seq RENAME TO metrics_id_seq;\n",
     );
-    for (name, def) in &constraints {
-        sql.push_str(&format!(
-            "ALTER TABLE metrics_ingest.metrics ADD CONSTRAINT {name} {def};\n"
-        ));
-    }
-    for def in &indexes {
-        sql.push_str(def);
-        sql.push_str(";\n");
-    }
+    sql.push_str(
+        "ALTER TABLE metrics_ingest.metrics ADD CONSTRAINT metrics_pkey PRIMARY KEY (user_id, \"timestamp\", id);
+         CREATE UNIQUE INDEX metrics_event_key ON metrics_ingest.metrics
+             (user_id, event_id, metric_type, \"timestamp\") WHERE event_id IS NOT NULL;
+         CREATE INDEX metrics_session_idx ON metrics_ingest.metrics (session_id, \"timestamp\")
+             WHERE session_id IS NOT NULL;
+         CREATE INDEX metrics_type_time_idx ON metrics_ingest.metrics (metric_type, \"timestamp\");
+         CREATE INDEX metrics_time_brin ON metrics_ingest.metrics USING brin (\"timestamp\");\n",
+    );
     sql.push_str("ALTER TABLE metrics_ingest.metrics SET (autovacuum_enabled = off);");
     let mut tx = c.transaction()?;
     tx.batch_execute(&sql)?;
@@ -554,7 +533,7 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
     };
     let width: String = a
         .query_one(
-            "SELECT partition_interval::text FROM metrics_ingest.settings",
+            "SELECT coalesce((SELECT partition_interval FROM metrics_ingest.settings), '1 day')::text",
             &[],
         )?
         .get(0);
