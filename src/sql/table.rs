@@ -54,11 +54,16 @@ pub struct LeafLayout {
 
 thread_local! {
     static TABLE: RefCell<Option<Rc<TableShape>>> = const { RefCell::new(None) };
+    /// The partition bounds of the table, kept between calls (an insert_metric
+    /// call would otherwise copy them every time); any relcache invalidation of
+    /// the table (ATTACH, DETACH, DROP of a partition) drops them.
+    static ROUTES: RefCell<Option<(pg_sys::Oid, Rc<Vec<Route>>)>> = const { RefCell::new(None) };
     static LEAVES: RefCell<Option<HashMap<pg_sys::Oid, Rc<LeafLayout>>>> = const { RefCell::new(None) };
 }
 
 fn forget_everything() {
     TABLE.with(|t| t.borrow_mut().take());
+    ROUTES.with(|r| r.borrow_mut().take());
     LEAVES.with(|l| l.borrow_mut().take());
 }
 
@@ -75,6 +80,12 @@ pub(super) unsafe extern "C-unwind" fn on_relcache_invalidation(
         let mut t = t.borrow_mut();
         if t.as_ref().is_some_and(|shape| shape.relid == relid) {
             *t = None;
+        }
+    });
+    ROUTES.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.as_ref().is_some_and(|(oid, _)| *oid == relid) {
+            *r = None;
         }
     });
     LEAVES.with(|l| {
@@ -401,6 +412,28 @@ pub unsafe fn routes(rel: pg_sys::Relation) -> Vec<Route> {
         }
         routes
     }
+}
+
+/// The partitions of the open partitioned table `rel`: the kept copy while no
+/// invalidation has dropped it, else read again (see `routes`).
+///
+/// # Safety
+/// `rel` must be a valid open partitioned relation.
+pub unsafe fn cached_routes(rel: pg_sys::Relation) -> Rc<Vec<Route>> {
+    // SAFETY: `rel` is open (this function's contract).
+    let relid = unsafe { (*rel).rd_id };
+    if let Some(routes) = ROUTES.with(|r| {
+        r.borrow()
+            .as_ref()
+            .filter(|(oid, _)| *oid == relid)
+            .map(|(_, routes)| Rc::clone(routes))
+    }) {
+        return routes;
+    }
+    // SAFETY: as above.
+    let routes = Rc::new(unsafe { self::routes(rel) });
+    ROUTES.with(|r| *r.borrow_mut() = Some((relid, Rc::clone(&routes))));
+    routes
 }
 
 /// The partition holding `pg_us` (microseconds since 2000-01-01), if any.

@@ -54,7 +54,7 @@ enum Target {
 pub struct Writer {
     path: Path,
     table: Rc<TableShape>,
-    routes: Vec<Route>,
+    routes: Rc<Vec<Route>>,
     targets: Vec<(pg_sys::Oid, Target)>,
     direct: Vec<Box<DirectLeaf>>,
     insert: Option<Box<dyn Sink>>,
@@ -77,9 +77,9 @@ impl Writer {
             let rel = pg_sys::table_open(relid, pg_sys::NoLock as pg_sys::LOCKMODE);
             let shape = table::table_shape(rel);
             let routes = if shape.partitioned {
-                table::routes(rel)
+                table::cached_routes(rel)
             } else {
-                Vec::new()
+                Rc::new(Vec::new())
             };
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
             (shape, routes)
@@ -206,7 +206,7 @@ impl Writer {
         unsafe {
             pg_sys::AcceptInvalidationMessages();
             let rel = pg_sys::table_open(self.table.relid, pg_sys::NoLock as pg_sys::LOCKMODE);
-            self.routes = table::routes(rel);
+            self.routes = table::cached_routes(rel);
             pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
     }
