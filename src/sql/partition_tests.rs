@@ -608,4 +608,27 @@ mod tests {
             "numeric(3,1) rounds 0.25 as an INSERT does"
         );
     }
+
+    #[pg_test]
+    fn the_insert_privilege_on_metrics_is_checked_as_copy_checks_it() {
+        verdicts(&event("p", "2024-01-01T10:00:00Z", "p1"));
+        // ingest_json runs as its owner: give it one that may read what it reads
+        // but not INSERT into metrics.
+        run("CREATE ROLE mi_test_owner_without_insert NOLOGIN");
+        run("GRANT USAGE ON SCHEMA metrics_ingest TO mi_test_owner_without_insert");
+        run("GRANT SELECT ON metrics_ingest.metric_types, metrics_ingest.settings, metrics_ingest.metrics \
+             TO mi_test_owner_without_insert");
+        run("ALTER FUNCTION metrics_ingest.ingest_json(text, text) OWNER TO mi_test_owner_without_insert");
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT * FROM metrics_ingest.ingest_json({})",
+                pgrx::spi::quote_literal(&event("p", "2024-01-01T11:00:00Z", "p2"))
+            )),
+            "42501"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'p'"),
+            1
+        );
+    }
 }
