@@ -616,8 +616,10 @@ mod tests {
         // but not INSERT into metrics.
         run("CREATE ROLE mi_test_owner_without_insert NOLOGIN");
         run("GRANT USAGE ON SCHEMA metrics_ingest TO mi_test_owner_without_insert");
-        run("GRANT SELECT ON metrics_ingest.metric_types, metrics_ingest.settings, metrics_ingest.metrics \
-             TO mi_test_owner_without_insert");
+        run(
+            "GRANT SELECT ON metrics_ingest.metric_types, metrics_ingest.settings \
+             TO mi_test_owner_without_insert",
+        );
         run("ALTER FUNCTION metrics_ingest.ingest_json(text, text) OWNER TO mi_test_owner_without_insert");
         assert_eq!(
             sqlstate_of(&format!(
