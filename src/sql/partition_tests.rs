@@ -633,4 +633,23 @@ mod tests {
             1
         );
     }
+
+    #[pg_test]
+    fn metrics_attached_under_another_table_gets_its_partition_constraint_checked() {
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
+        run("CREATE TABLE public.outer_metrics (LIKE metrics_ingest.metrics) PARTITION BY LIST (user_id)");
+        run("ALTER TABLE public.outer_metrics ATTACH PARTITION metrics_ingest.metrics FOR VALUES IN ('a')");
+        assert_eq!(
+            verdicts(&event("a", "2024-01-01T10:00:00Z", "a1")),
+            "inserted:1"
+        );
+        // The fast path would store it; an INSERT refuses a row outside metrics' own bound.
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT * FROM metrics_ingest.ingest_json({})",
+                pgrx::spi::quote_literal(&event("b", "2024-01-01T10:00:00Z", "b1"))
+            )),
+            "23514"
+        );
+    }
 }
