@@ -638,7 +638,17 @@ mod tests {
     fn metrics_attached_under_another_table_gets_its_partition_constraint_checked() {
         run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
         run("CREATE TABLE public.outer_metrics (LIKE metrics_ingest.metrics) PARTITION BY LIST (user_id)");
-        run("ALTER TABLE public.outer_metrics ATTACH PARTITION metrics_ingest.metrics FOR VALUES IN ('a')");
+        let attached = sqlstate_of(
+            "ALTER TABLE public.outer_metrics ATTACH PARTITION metrics_ingest.metrics FOR VALUES IN ('a')",
+        );
+        let version = count("SELECT current_setting('server_version_num')::bigint");
+        if version >= 170000 {
+            // From PostgreSQL 17 on, a table with an identity column cannot become a
+            // partition: metrics can never sit under another table there.
+            assert_ne!(attached, "ok", "PostgreSQL {version} attached metrics");
+            return;
+        }
+        assert_eq!(attached, "ok");
         assert_eq!(
             verdicts(&event("a", "2024-01-01T10:00:00Z", "a1")),
             "inserted:1"
