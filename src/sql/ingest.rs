@@ -212,11 +212,9 @@ fn ingest(payload: &str, mode: OnError, texts: &mut RejectionTexts) -> Vec<Outco
         if let Some(outcome) = outcomes.get_mut(ordinal - 1) {
             outcome.metrics_stored = outcome.metrics_stored.saturating_sub(1);
             match repeat {
-                Repeat::Conflict(column) => {
-                    if outcome.status != Status::Conflict {
-                        outcome.status = Status::Conflict;
-                        outcome.differs = Some(column);
-                    }
+                Repeat::Conflict(column) if outcome.status != Status::Conflict => {
+                    outcome.status = Status::Conflict;
+                    outcome.differs = Some(column);
                 }
                 Repeat::Duplicate
                     if outcome.metrics_stored == 0 && outcome.status == Status::Inserted =>

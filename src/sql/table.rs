@@ -224,6 +224,7 @@ unsafe fn plan_defaults(
     // SAFETY: `rel` is open; attribute i < natts is inside the descriptor.
     unsafe {
         let tupdesc = (*rel).rd_att;
+        let mut present = [false; SUPPLIED];
         for i in 0..(*tupdesc).natts as usize {
             let attribute = pg_compat::tuple_desc_attr(tupdesc, i);
             if (*attribute).attisdropped {
@@ -239,6 +240,7 @@ unsafe fn plan_defaults(
                     if (*attribute).atttypid != column.type_oid() || (*attribute).atttypmod != -1 {
                         return Some("a column's type differs from the one the extension made");
                     }
+                    present[column as usize] = true;
                 }
                 None => {
                     if pg_sys::get_typtype((*attribute).atttypid)
@@ -260,15 +262,9 @@ unsafe fn plan_defaults(
                 }
             }
         }
-        let missing = Column::ALL.iter().find(|column| {
-            (0..(*tupdesc).natts as usize).all(|i| {
-                let attribute = pg_compat::tuple_desc_attr(tupdesc, i);
-                (*attribute).attisdropped
-                    || CStr::from_ptr((*attribute).attname.data.as_ptr()).to_bytes()
-                        != column.name().as_bytes()
-            })
-        });
-        missing.map(|_| "a column the extension made is missing")
+        present
+            .contains(&false)
+            .then_some("a column the extension made is missing")
     }
 }
 

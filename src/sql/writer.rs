@@ -56,7 +56,7 @@ pub struct Writer {
     table: Rc<TableShape>,
     routes: Rc<Vec<Route>>,
     targets: Vec<(pg_sys::Oid, Target)>,
-    direct: Vec<Box<DirectLeaf>>,
+    direct: Vec<DirectLeaf>,
     insert: Option<Box<dyn Sink>>,
     /// SPI is connected on first need: the fast path does without it.
     spi_connected: bool,
@@ -234,7 +234,7 @@ impl Writer {
             } else {
                 let bulk = self.path == Path::Bulk;
                 let leaf = DirectLeaf::open(relid, Rc::clone(&self.table), layout, bulk);
-                self.direct.push(Box::new(leaf));
+                self.direct.push(leaf);
                 Target::Direct(self.direct.len() - 1)
             }
         };
@@ -245,7 +245,7 @@ impl Writer {
     /// Flushes and closes every open leaf (their partitions stay locked).
     fn close_leaves(&mut self) {
         for leaf in self.direct.drain(..) {
-            self.late_repeats.extend(leaf.finish());
+            self.late_repeats.extend(Box::new(leaf).finish());
         }
         self.targets
             .retain(|(_, target)| matches!(target, Target::Insert));
