@@ -1,0 +1,1 @@
+-- metrics_ingest 0.2.0 -> 0.3.0: users, sessions and daily totals (issue 9).
