@@ -209,8 +209,8 @@ fn profile_fields(name: &str, email: &str) -> String {
     format!("\"name\":{},\"email\":{}", json_str(name), json_str(email))
 }
 
-/// `events` events of a few users (many sessions each, time advancing ~10 s per
-/// event so that they span more than two UTC days), in batches of [`BATCH`]:
+/// `events` events of a few users (many sessions each, time advancing so that they
+/// span about two and a half UTC days), in batches of [`BATCH`]:
 /// - every element has an event_id, most a platform, every 8th a name and email
 ///   that depend on its timestamp (so that the latest one is known);
 /// - every 9th event with a session has a twin at the same timestamp in the same
@@ -221,7 +221,8 @@ fn workload(seed: u64, events: usize) -> Workload {
     let config = GeneratorConfig {
         users: 40,
         concurrent_sessions: 12,
-        max_step_ms: 20_000,
+        // half of it on average per event: 2.5 days in all
+        max_step_ms: (2 * 216_000_000 / events) as u32,
     };
     let all: Vec<Event> = Generator::with_config(seed, config).take(events).collect();
     let last_us = all.last().expect("events").unix_us;
