@@ -13,6 +13,7 @@ mod insert_metric;
 mod insert_path;
 mod pg_compat;
 mod registry_cache;
+mod rollups;
 mod settings;
 mod setwise;
 mod sink;
@@ -30,6 +31,11 @@ pgrx::extension_sql_file!(
     "../../sql/partitions.sql",
     name = "partitions",
     requires = ["api"]
+);
+pgrx::extension_sql_file!(
+    "../../sql/rollups.sql",
+    name = "rollups",
+    requires = ["partitions"]
 );
 pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize);
 
