@@ -23,6 +23,8 @@ mod writer;
 #[cfg(any(test, feature = "pg_test"))]
 mod partition_tests;
 #[cfg(any(test, feature = "pg_test"))]
+mod rollup_tests;
+#[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
 pgrx::extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
