@@ -38,8 +38,26 @@ COMMENT ON FUNCTION metrics_ingest.set_retention(interval) IS
 COMMENT ON FUNCTION metrics_ingest.set_rejected_retention(interval) IS
     'Sets how long dead letters are kept (NULL: forever); run_maintenance deletes older ones';
 COMMENT ON FUNCTION metrics_ingest.run_maintenance() IS
-    'Upkeep for pg_cron: drops partitions older than the retention, deletes old dead letters; returns what it did';
+    'Upkeep for pg_cron: compacts the delta rows of sessions and daily totals, drops partitions older than the retention (archiving their daily totals), deletes old dead letters; returns what it did';
 COMMENT ON FUNCTION metrics_ingest.labels_are_valid(text, double precision, double precision, jsonb) IS
     'The CHECK on metric_types.labels: finite numeric scores within the bounds, labels the validator can match (not numeric-looking, not equal ignoring case), labels only on score types. Like every function here, not executable by PUBLIC: metric types are added by the extension''s owner';
 COMMENT ON FUNCTION metrics_ingest.ingest(json) IS
     'ingest_json(payload, ''reject'') under one unnamed json parameter: the entry point PostgREST gives a raw request body (POST /rpc/ingest)';
+COMMENT ON TABLE metrics_ingest.users IS
+    'One row per user whose profile (name, email) is known: from elements carrying one, or inserted by the owner. metrics_ingest_reader cannot read name or email; metrics_ingest_pii_reader can.';
+COMMENT ON COLUMN metrics_ingest.users.profile_time IS
+    'Timestamp of the newest element whose profile was applied (for an owner''s INSERT, when it was made): an older element never overwrites the profile';
+COMMENT ON VIEW metrics_ingest.sessions IS
+    'One row per (user_id, session_id): first and last metric time, metric count, and device, app version, platform and location of the latest metric. Kept exact by ingest.';
+COMMENT ON VIEW metrics_ingest.daily_totals IS
+    'Per UTC day and metric type: samples, total, min, max, mean of metric_value. Kept exact by ingest; days dropped by retention stay as an archive.';
+COMMENT ON TABLE metrics_ingest.session_parts IS
+    'Delta rows behind the sessions view: one per session per ingest call, compacted by run_maintenance. Read the view.';
+COMMENT ON TABLE metrics_ingest.daily_parts IS
+    'Delta rows behind the daily_totals view: one per (day, metric type) per ingest call, compacted by run_maintenance. Read the view.';
+COMMENT ON FUNCTION metrics_ingest.forget_user(text) IS
+    'Erases one user: metrics, users, sessions and dead letters with that user_id; recomputes the affected daily totals; returns what it removed per relation';
+COMMENT ON FUNCTION metrics_ingest.rebuild_rollups() IS
+    'Recomputes sessions and daily totals from metrics (after metrics was changed other than by ingest); archived days are kept';
+COMMENT ON FUNCTION metrics_ingest.compact_rollups() IS
+    'Folds the delta rows of sessions and daily totals into one per key; run_maintenance calls it';

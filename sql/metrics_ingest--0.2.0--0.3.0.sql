@@ -1,1 +1,442 @@
 -- metrics_ingest 0.2.0 -> 0.3.0: users, sessions and daily totals (issue 9).
+-- Runs in one transaction (ALTER EXTENSION). Existing rows are kept; the profile fields
+-- 0.2.0 kept in metrics.attributes move to users, and sessions and daily totals are
+-- computed from the rows already stored.
+
+-- Roles: metrics_ingest_pii_reader reads what metrics_ingest_reader reads, and users' name
+-- and email.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'metrics_ingest_pii_reader') THEN
+        BEGIN
+            CREATE ROLE metrics_ingest_pii_reader NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;
+        END;
+    END IF;
+    IF NOT pg_catalog.pg_has_role('metrics_ingest_pii_reader', 'metrics_ingest_reader', 'MEMBER') THEN
+        GRANT metrics_ingest_reader TO metrics_ingest_pii_reader;
+    END IF;
+END
+$roles$;
+GRANT USAGE ON SCHEMA metrics_ingest TO metrics_ingest_pii_reader;
+
+-- platform, name and email are fields of their own now: no metric type may be named so.
+-- (This also tells every backend's registry cache that the catalog changed.)
+ALTER TABLE metrics_ingest.metric_types DROP CONSTRAINT metric_types_metric_type_check1;
+ALTER TABLE metrics_ingest.metric_types ADD CONSTRAINT metric_types_metric_type_check1
+    CHECK (metric_type <> ALL (ARRAY['timestamp', 'timestamp_ms', 'user_id', 'session_id',
+        'metric_type', 'metric_value', 'value', 'device_id', 'app_version', 'location',
+        'sentiment_score', 'event_id', 'platform', 'name', 'email']));
+
+-- sql/rollups.sql of 0.3.0, as is:
+-- metrics_ingest: users, sessions and daily totals (since 0.3.0).
+--
+-- ingest_json and insert_metric keep them in the caller's transaction, from the rows they
+-- store (never from duplicates, conflicts or rejected elements), so they commit and roll
+-- back with those rows. Sessions and daily totals are views over delta rows: every call
+-- inserts its own (session_parts, daily_parts) and never updates a shared row, so
+-- concurrent calls never wait for each other here; run_maintenance compacts the deltas.
+
+-- One row per user whose profile (name, email) is known: from elements that carry one
+-- (seed 003), or inserted by the owner (seed 002). Users are never required to exist.
+CREATE TABLE metrics_ingest.users (
+    user_id text PRIMARY KEY,
+    name text CHECK (pg_catalog.length(name) <= 256),
+    -- as ingest checks it: an @ with text on each side, at most 254 characters
+    email text CHECK (pg_catalog.length(email) <= 254 AND email OPERATOR(pg_catalog.~) '^[^@]+@.+$'),
+    -- when this row was made, and when its name or email last changed
+    created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- the timestamp of the newest element whose profile was applied (for a row the owner
+    -- inserted: when it was inserted). An element's profile replaces the stored one only
+    -- when the element is at least this new, so late data never overwrites a newer profile.
+    profile_time timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.users', '');
+
+-- Delta rows of sessions: one per (user, session) per call; compacted by run_maintenance.
+CREATE TABLE metrics_ingest.session_parts (
+    user_id text NOT NULL,
+    session_id text NOT NULL,
+    start_time timestamptz NOT NULL,
+    end_time timestamptz NOT NULL,
+    metric_count bigint NOT NULL,
+    -- from the part's rows at end_time: the greatest of each (COLLATE "C"), NULL if none has one
+    device_id text,
+    app_version text,
+    platform text,
+    location text,
+    -- written by run_maintenance's compaction; a call's own delta rows are not
+    compacted boolean NOT NULL DEFAULT false
+);
+CREATE INDEX session_parts_user_session ON metrics_ingest.session_parts (user_id, session_id);
+-- what the next compaction has to fold: its cost follows the new rows, not the table
+CREATE INDEX session_parts_fresh ON metrics_ingest.session_parts (user_id, session_id)
+    WHERE NOT compacted;
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.session_parts', '');
+
+-- Delta rows of daily totals: one per (UTC day, metric type) per call; compacted by
+-- run_maintenance. `archived`: raw rows of the day were dropped by retention, so the row
+-- keeps history that metrics no longer holds (forget_user leaves such days as they are).
+CREATE TABLE metrics_ingest.daily_parts (
+    day date NOT NULL,
+    metric_type text NOT NULL,
+    samples bigint NOT NULL,
+    total double precision NOT NULL,
+    min double precision NOT NULL,
+    max double precision NOT NULL,
+    archived boolean NOT NULL DEFAULT false
+);
+CREATE INDEX daily_parts_day_type ON metrics_ingest.daily_parts (day, metric_type);
+SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.daily_parts', '');
+
+-- A dead letter's user_id, for forget_user.
+CREATE INDEX rejected_user_id_idx ON metrics_ingest.rejected (user_id) WHERE user_id IS NOT NULL;
+
+-- One row per (user_id, session_id): the same session_id sent by two users is two sessions.
+-- Like daily_totals, sessions outlive retention: a session whose rows run_maintenance
+-- dropped keeps its summary (forget_user removes it with the user).
+-- device_id, app_version, platform and location come from the session's latest metric;
+-- among metrics sharing that timestamp, the greatest value of each (COLLATE "C") wins,
+-- NULL only when none of them has one. platform is the element's "platform" field (kept in
+-- metrics.attributes).
+CREATE VIEW metrics_ingest.sessions AS
+SELECT p.user_id,
+       p.session_id,
+       pg_catalog.min(p.start_time) AS start_time,
+       pg_catalog.max(p.end_time) AS end_time,
+       pg_catalog.sum(p.metric_count)::bigint AS metric_count,
+       (pg_catalog.array_agg(p.device_id ORDER BY p.end_time DESC, p.device_id COLLATE "C" DESC NULLS LAST))[1] AS device_id,
+       (pg_catalog.array_agg(p.app_version ORDER BY p.end_time DESC, p.app_version COLLATE "C" DESC NULLS LAST))[1] AS app_version,
+       (pg_catalog.array_agg(p.platform ORDER BY p.end_time DESC, p.platform COLLATE "C" DESC NULLS LAST))[1] AS platform,
+       (pg_catalog.array_agg(p.location ORDER BY p.end_time DESC, p.location COLLATE "C" DESC NULLS LAST))[1] AS location,
+       pg_catalog.max(p.end_time) OPERATOR(pg_catalog.-) pg_catalog.min(p.start_time) AS duration
+FROM metrics_ingest.session_parts p
+GROUP BY p.user_id, p.session_id;
+
+-- Per UTC day and metric type: what GROUP BY over metrics would say, from a few rows per day.
+CREATE VIEW metrics_ingest.daily_totals AS
+SELECT p.day,
+       p.metric_type,
+       pg_catalog.sum(p.samples)::bigint AS samples,
+       pg_catalog.sum(p.total) AS total,
+       pg_catalog.min(p.min) AS min,
+       pg_catalog.max(p.max) AS max,
+       pg_catalog.sum(p.total) OPERATOR(pg_catalog./) pg_catalog.sum(p.samples)::double precision AS mean
+FROM metrics_ingest.daily_parts p
+GROUP BY p.day, p.metric_type;
+
+-- Folds the delta rows into one per session and per (day, metric type). The statement
+-- that deletes them inserts their sum, under one snapshot: deltas of calls still running
+-- are not seen, so not touched, and every committed moment sees each row counted once.
+CREATE FUNCTION metrics_ingest.compact_rollups()
+RETURNS TABLE (action text, object text, detail text)
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+    m bigint;
+BEGIN
+    -- one compaction, rebuild or forget_user at a time (they would count a row twice)
+    PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
+    WITH fresh AS (
+        SELECT DISTINCT f.user_id, f.session_id FROM metrics_ingest.session_parts f
+        WHERE NOT f.compacted),
+    gone AS (
+        DELETE FROM metrics_ingest.session_parts s USING fresh f
+        WHERE s.user_id = f.user_id AND s.session_id = f.session_id
+        RETURNING s.*),
+    folded AS (
+        INSERT INTO metrics_ingest.session_parts
+        SELECT g.user_id, g.session_id, min(g.start_time), max(g.end_time), sum(g.metric_count),
+               (array_agg(g.device_id ORDER BY g.end_time DESC, g.device_id COLLATE "C" DESC NULLS LAST))[1],
+               (array_agg(g.app_version ORDER BY g.end_time DESC, g.app_version COLLATE "C" DESC NULLS LAST))[1],
+               (array_agg(g.platform ORDER BY g.end_time DESC, g.platform COLLATE "C" DESC NULLS LAST))[1],
+               (array_agg(g.location ORDER BY g.end_time DESC, g.location COLLATE "C" DESC NULLS LAST))[1],
+               true
+        FROM gone g GROUP BY g.user_id, g.session_id
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM folded) INTO n, m;
+    action := 'compacted sessions';
+    object := 'metrics_ingest.session_parts';
+    detail := format('%s delta rows folded into %s', n, m);
+    RETURN NEXT;
+
+    WITH gone AS (
+        DELETE FROM metrics_ingest.daily_parts d
+        WHERE (d.day, d.metric_type) IN (
+            SELECT x.day, x.metric_type FROM metrics_ingest.daily_parts x
+            GROUP BY x.day, x.metric_type HAVING count(*) > 1)
+        RETURNING d.*),
+    folded AS (
+        INSERT INTO metrics_ingest.daily_parts
+        SELECT g.day, g.metric_type, sum(g.samples), sum(g.total), min(g.min), max(g.max), bool_or(g.archived)
+        FROM gone g GROUP BY g.day, g.metric_type
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM folded) INTO n, m;
+    action := 'compacted daily totals';
+    object := 'metrics_ingest.daily_parts';
+    detail := format('%s delta rows folded into %s', n, m);
+    RETURN NEXT;
+END
+$$;
+
+-- Recomputes sessions and daily totals from metrics: after metrics was written other than
+-- through ingest_json and insert_metric (a DBA's UPDATE, DELETE or COPY), or to fill them
+-- after an upgrade. Days marked archived (raw rows dropped by retention) are kept as they
+-- are, and rows of metrics on those days are not counted again. One statement per
+-- relation, under one snapshot, so concurrent ingest stays exact.
+CREATE FUNCTION metrics_ingest.rebuild_rollups()
+RETURNS TABLE (relation text, rows_written bigint)
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
+    WITH gone AS (DELETE FROM metrics_ingest.session_parts RETURNING 1),
+    latest AS (
+        SELECT m.user_id, m.session_id, max(m."timestamp") AS end_time
+        FROM metrics_ingest.metrics m WHERE m.session_id IS NOT NULL
+        GROUP BY m.user_id, m.session_id),
+    fresh AS (
+        INSERT INTO metrics_ingest.session_parts
+        SELECT m.user_id, m.session_id, min(m."timestamp"), l.end_time, count(*),
+               max(m.device_id COLLATE "C") FILTER (WHERE m."timestamp" = l.end_time),
+               max(m.app_version COLLATE "C") FILTER (WHERE m."timestamp" = l.end_time),
+               max((m.attributes ->> 'platform') COLLATE "C") FILTER (WHERE m."timestamp" = l.end_time),
+               max(m.location COLLATE "C") FILTER (WHERE m."timestamp" = l.end_time),
+               true
+        FROM metrics_ingest.metrics m
+        JOIN latest l ON l.user_id = m.user_id AND l.session_id = m.session_id
+        GROUP BY m.user_id, m.session_id, l.end_time
+        RETURNING 1)
+    SELECT count(*) INTO n FROM fresh;
+    relation := 'sessions';
+    rows_written := n;
+    RETURN NEXT;
+
+    WITH archived AS (
+        SELECT DISTINCT a.day FROM metrics_ingest.daily_parts a WHERE a.archived),
+    gone AS (
+        DELETE FROM metrics_ingest.daily_parts d
+        WHERE NOT d.archived AND d.day NOT IN (SELECT day FROM archived)
+        RETURNING 1),
+    fresh AS (
+        INSERT INTO metrics_ingest.daily_parts (day, metric_type, samples, total, min, max)
+        SELECT (m."timestamp" AT TIME ZONE 'UTC')::date, m.metric_type, count(*),
+               sum(m.metric_value), min(m.metric_value), max(m.metric_value)
+        FROM metrics_ingest.metrics m
+        WHERE (m."timestamp" AT TIME ZONE 'UTC')::date NOT IN (SELECT day FROM archived)
+        GROUP BY 1, 2
+        RETURNING 1)
+    SELECT count(*) INTO n FROM fresh;
+    relation := 'daily_totals';
+    rows_written := n;
+    RETURN NEXT;
+END
+$$;
+
+-- The right to erasure: removes one user from metrics, users, sessions and the dead
+-- letters that carry their user_id, and recomputes the daily totals of the (day, metric
+-- type) pairs their rows were in, from the rows that remain. Days whose raw rows
+-- retention has dropped keep their totals: an anonymous aggregate with no user in it.
+-- Rows of this user that arrive afterwards are stored again, as any new data is.
+CREATE FUNCTION metrics_ingest.forget_user(user_id text)
+RETURNS TABLE (relation text, removed bigint)
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    who ALIAS FOR $1;
+    days date[];
+    types text[];
+    n bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
+    WITH gone AS (
+        DELETE FROM metrics_ingest.metrics m WHERE m.user_id = who
+        RETURNING (m."timestamp" AT TIME ZONE 'UTC')::date AS day, m.metric_type),
+    pairs AS (SELECT g.day, g.metric_type, count(*) AS n FROM gone g GROUP BY 1, 2)
+    SELECT coalesce(sum(p.n), 0), array_agg(p.day), array_agg(p.metric_type) INTO n, days, types
+    FROM pairs p;
+    relation := 'metrics';
+    removed := n;
+    RETURN NEXT;
+
+    DELETE FROM metrics_ingest.users u WHERE u.user_id = who;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    relation := 'users';
+    removed := n;
+    RETURN NEXT;
+
+    WITH gone AS (
+        DELETE FROM metrics_ingest.session_parts s WHERE s.user_id = who RETURNING s.session_id)
+    SELECT count(DISTINCT g.session_id) INTO n FROM gone g;
+    relation := 'sessions';
+    removed := n;
+    RETURN NEXT;
+
+    DELETE FROM metrics_ingest.rejected r WHERE r.user_id = who;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    relation := 'rejected';
+    removed := n;
+    RETURN NEXT;
+
+    -- One statement, one snapshot: the delta rows it deletes and the metrics it sums are
+    -- those of the same committed calls; a call still running adds its delta afterwards.
+    WITH pairs AS (
+        SELECT x.day, x.metric_type FROM ROWS FROM (unnest(days), unnest(types)) AS x(day, metric_type)
+        WHERE NOT EXISTS (SELECT 1 FROM metrics_ingest.daily_parts a
+                          WHERE a.day = x.day AND a.metric_type = x.metric_type AND a.archived)),
+    gone AS (
+        DELETE FROM metrics_ingest.daily_parts d USING pairs p
+        WHERE d.day = p.day AND d.metric_type = p.metric_type
+        RETURNING 1),
+    fresh AS (
+        INSERT INTO metrics_ingest.daily_parts (day, metric_type, samples, total, min, max)
+        SELECT p.day, p.metric_type, count(*), sum(m.metric_value), min(m.metric_value), max(m.metric_value)
+        FROM pairs p
+        JOIN metrics_ingest.metrics m ON m.metric_type = p.metric_type
+             AND m."timestamp" >= (p.day::timestamp AT TIME ZONE 'UTC')
+             AND m."timestamp" < ((p.day + 1)::timestamp AT TIME ZONE 'UTC')
+        GROUP BY p.day, p.metric_type
+        RETURNING 1)
+    SELECT count(*) INTO n FROM pairs;
+    relation := 'daily_totals';
+    removed := n;
+    RETURN NEXT;
+END
+$$;
+
+REVOKE ALL ON FUNCTION metrics_ingest.compact_rollups() FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.rebuild_rollups() FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.forget_user(text) FROM PUBLIC;
+REVOKE ALL ON metrics_ingest.users, metrics_ingest.session_parts, metrics_ingest.daily_parts,
+    metrics_ingest.sessions, metrics_ingest.daily_totals FROM PUBLIC;
+
+-- Readers see sessions, totals and who has a profile, but not the profile itself;
+-- metrics_ingest_pii_reader reads name and email too.
+GRANT SELECT ON metrics_ingest.sessions, metrics_ingest.daily_totals TO metrics_ingest_reader;
+GRANT SELECT (user_id, created_at, updated_at, profile_time) ON metrics_ingest.users TO metrics_ingest_reader;
+GRANT SELECT ON metrics_ingest.users TO metrics_ingest_pii_reader;
+
+-- run_maintenance compacts the rollups and archives the daily totals of dropped days.
+CREATE OR REPLACE FUNCTION metrics_ingest.run_maintenance()
+RETURNS TABLE (action text, object text, detail text)
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+SET "TimeZone" = 'UTC'
+SET "DateStyle" = 'ISO'
+AS $$
+DECLARE
+    settings metrics_ingest.settings;
+    horizon timestamptz;
+    p record;
+    n bigint;
+    dropped_before timestamptz;
+BEGIN
+    -- Not beside a forget_user or rebuild_rollups, which recompute the daily totals
+    -- of days this may archive.
+    PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
+    RETURN QUERY SELECT * FROM metrics_ingest.compact_rollups();
+    SELECT * INTO settings FROM metrics_ingest.settings;
+    IF settings.retention IS NOT NULL THEN
+        horizon := now() - settings.retention;
+        FOR p IN SELECT x.partition::text AS name, x.lower, x.upper
+                 FROM metrics_ingest.partitions() x WHERE x.upper <= horizon ORDER BY x.lower LOOP
+            EXECUTE format('DROP TABLE %s', p.name);
+            action := 'dropped partition';
+            object := p.name;
+            detail := format('[%s, %s) is older than the retention horizon %s (retention %s)',
+                             p.lower, p.upper, horizon, settings.retention);
+            dropped_before := greatest(dropped_before, p.upper);
+            RETURN NEXT;
+        END LOOP;
+        -- The daily totals of those days stay, as an archive of what metrics no longer holds.
+        IF dropped_before IS NOT NULL THEN
+            UPDATE metrics_ingest.daily_parts d SET archived = true
+            WHERE NOT d.archived
+              AND d.day <= ((dropped_before - interval '1 microsecond') AT TIME ZONE 'UTC')::date;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            action := 'archived daily totals';
+            object := 'metrics_ingest.daily_parts';
+            detail := format('%s rows of days before %s, whose raw rows are dropped', n, dropped_before);
+            RETURN NEXT;
+        END IF;
+    END IF;
+    IF settings.rejected_retention IS NOT NULL THEN
+        DELETE FROM metrics_ingest.rejected r WHERE r.rejected_at < now() - settings.rejected_retention;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        action := 'deleted dead letters';
+        object := 'metrics_ingest.rejected';
+        detail := format('%s rejected before %s (rejected retention %s)',
+                         n, now() - settings.rejected_retention, settings.rejected_retention);
+        RETURN NEXT;
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION metrics_ingest.run_maintenance() IS
+    'Upkeep for pg_cron: compacts the delta rows of sessions and daily totals, drops partitions older than the retention (archiving their daily totals), deletes old dead letters; returns what it did';
+
+COMMENT ON TABLE metrics_ingest.users IS
+    'One row per user whose profile (name, email) is known: from elements carrying one, or inserted by the owner. metrics_ingest_reader cannot read name or email; metrics_ingest_pii_reader can.';
+COMMENT ON COLUMN metrics_ingest.users.profile_time IS
+    'Timestamp of the newest element whose profile was applied (for an owner''s INSERT, when it was made): an older element never overwrites the profile';
+COMMENT ON VIEW metrics_ingest.sessions IS
+    'One row per (user_id, session_id): first and last metric time, metric count, and device, app version, platform and location of the latest metric. Kept exact by ingest.';
+COMMENT ON VIEW metrics_ingest.daily_totals IS
+    'Per UTC day and metric type: samples, total, min, max, mean of metric_value. Kept exact by ingest; days dropped by retention stay as an archive.';
+COMMENT ON TABLE metrics_ingest.session_parts IS
+    'Delta rows behind the sessions view: one per session per ingest call, compacted by run_maintenance. Read the view.';
+COMMENT ON TABLE metrics_ingest.daily_parts IS
+    'Delta rows behind the daily_totals view: one per (day, metric type) per ingest call, compacted by run_maintenance. Read the view.';
+COMMENT ON FUNCTION metrics_ingest.forget_user(text) IS
+    'Erases one user: metrics, users, sessions and dead letters with that user_id; recomputes the affected daily totals; returns what it removed per relation';
+COMMENT ON FUNCTION metrics_ingest.rebuild_rollups() IS
+    'Recomputes sessions and daily totals from metrics (after metrics was changed other than by ingest); archived days are kept';
+COMMENT ON FUNCTION metrics_ingest.compact_rollups() IS
+    'Folds the delta rows of sessions and daily totals into one per key; run_maintenance calls it';
+
+-- Profiles 0.2.0 kept in metrics.attributes move to users: per user, the newest row's
+-- name and email (each the newest one that is a string the users table accepts).
+INSERT INTO metrics_ingest.users (user_id, name, email, profile_time, created_at, updated_at)
+SELECT u.user_id, u.name, u.email, u.profile_time, pg_catalog.now(), pg_catalog.now()
+FROM (
+    SELECT m.user_id,
+           (pg_catalog.array_agg(m.attributes ->> 'name' ORDER BY m."timestamp" DESC)
+                FILTER (WHERE pg_catalog.jsonb_typeof(m.attributes -> 'name') = 'string'
+                        AND pg_catalog.length(m.attributes ->> 'name') <= 256))[1] AS name,
+           (pg_catalog.array_agg(m.attributes ->> 'email' ORDER BY m."timestamp" DESC)
+                FILTER (WHERE pg_catalog.jsonb_typeof(m.attributes -> 'email') = 'string'
+                        AND pg_catalog.length(m.attributes ->> 'email') <= 254
+                        AND (m.attributes ->> 'email') OPERATOR(pg_catalog.~) '^[^@]+@.+$'))[1] AS email,
+           pg_catalog.max(m."timestamp") AS profile_time
+    FROM metrics_ingest.metrics m
+    WHERE m.attributes OPERATOR(pg_catalog.?|) ARRAY['name', 'email']
+    GROUP BY m.user_id
+) u
+WHERE u.name IS NOT NULL OR u.email IS NOT NULL;
+
+-- ... and leave the metric rows: the fields that moved are taken out of attributes (a
+-- value users would not accept stays where it was, rather than be lost).
+UPDATE metrics_ingest.metrics m
+SET attributes = NULLIF(
+        m.attributes OPERATOR(pg_catalog.-) ARRAY(
+            SELECT f.key FROM (VALUES
+                ('name', pg_catalog.jsonb_typeof(m.attributes -> 'name') = 'string'
+                         AND pg_catalog.length(m.attributes ->> 'name') <= 256),
+                ('email', pg_catalog.jsonb_typeof(m.attributes -> 'email') = 'string'
+                          AND pg_catalog.length(m.attributes ->> 'email') <= 254
+                          AND (m.attributes ->> 'email') OPERATOR(pg_catalog.~) '^[^@]+@.+$')
+            ) AS f(key, moved)
+            WHERE f.moved),
+        '{}'::jsonb)
+WHERE m.attributes OPERATOR(pg_catalog.?|) ARRAY['name', 'email'];
+
+-- Sessions and daily totals of the rows already stored.
+SELECT pg_catalog.count(*) FROM metrics_ingest.rebuild_rollups();

@@ -156,8 +156,9 @@ BEGIN
 END
 $$;
 
--- Upkeep, meant for pg_cron: drops every partition entirely older than the retention
--- horizon, deletes dead letters older than rejected_retention, and says what it did.
+-- Upkeep, meant for pg_cron: compacts the delta rows of sessions and daily totals, drops
+-- every partition entirely older than the retention horizon (archiving those days' daily
+-- totals), deletes dead letters older than rejected_retention, and says what it did.
 -- Dropping a partition takes ACCESS EXCLUSIVE on metrics for a moment: it waits for
 -- running ingest transactions and holds new ones back until it commits.
 CREATE FUNCTION metrics_ingest.run_maintenance()
@@ -172,7 +173,12 @@ DECLARE
     horizon timestamptz;
     p record;
     n bigint;
+    dropped_before timestamptz;
 BEGIN
+    -- Not beside a forget_user or rebuild_rollups, which recompute the daily totals
+    -- of days this may archive.
+    PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
+    RETURN QUERY SELECT * FROM metrics_ingest.compact_rollups();
     SELECT * INTO settings FROM metrics_ingest.settings;
     IF settings.retention IS NOT NULL THEN
         horizon := now() - settings.retention;
@@ -183,8 +189,20 @@ BEGIN
             object := p.name;
             detail := format('[%s, %s) is older than the retention horizon %s (retention %s)',
                              p.lower, p.upper, horizon, settings.retention);
+            dropped_before := greatest(dropped_before, p.upper);
             RETURN NEXT;
         END LOOP;
+        -- The daily totals of those days stay, as an archive of what metrics no longer holds.
+        IF dropped_before IS NOT NULL THEN
+            UPDATE metrics_ingest.daily_parts d SET archived = true
+            WHERE NOT d.archived
+              AND d.day <= ((dropped_before - interval '1 microsecond') AT TIME ZONE 'UTC')::date;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            action := 'archived daily totals';
+            object := 'metrics_ingest.daily_parts';
+            detail := format('%s rows of days before %s, whose raw rows are dropped', n, dropped_before);
+            RETURN NEXT;
+        END IF;
     END IF;
     IF settings.rejected_retention IS NOT NULL THEN
         DELETE FROM metrics_ingest.rejected r WHERE r.rejected_at < now() - settings.rejected_retention;

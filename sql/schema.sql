@@ -20,7 +20,8 @@ DO $roles$
 DECLARE
     role_name text;
 BEGIN
-    FOREACH role_name IN ARRAY ARRAY['metrics_ingest_writer', 'metrics_ingest_reader'] LOOP
+    FOREACH role_name IN ARRAY ARRAY['metrics_ingest_writer', 'metrics_ingest_reader',
+                                     'metrics_ingest_pii_reader'] LOOP
         IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = role_name) THEN
             BEGIN
                 EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN', role_name);
@@ -29,6 +30,10 @@ BEGIN
             END;
         END IF;
     END LOOP;
+    -- Since 0.3.0: whoever may read personal data may read the rest.
+    IF NOT pg_catalog.pg_has_role('metrics_ingest_pii_reader', 'metrics_ingest_reader', 'MEMBER') THEN
+        GRANT metrics_ingest_reader TO metrics_ingest_pii_reader;
+    END IF;
 END
 $roles$;
 
@@ -68,7 +73,7 @@ CREATE TABLE metrics_ingest.metric_types (
         -- a metric named like a context field would make wide-form elements ambiguous
         CHECK (metric_type <> ALL (ARRAY['timestamp', 'timestamp_ms', 'user_id', 'session_id',
             'metric_type', 'metric_value', 'value', 'device_id', 'app_version', 'location',
-            'sentiment_score', 'event_id'])),
+            'sentiment_score', 'event_id', 'platform', 'name', 'email'])),
     value_kind text NOT NULL CHECK (value_kind IN ('number', 'boolean', 'score')),
     min_value double precision,
     max_value double precision,
@@ -187,6 +192,7 @@ SELECT pg_catalog.pg_extension_config_dump('metrics_ingest.rejected_id_seq', '')
 -- Privileges: tables are reachable only through the functions (writer) or read-only (reader).
 REVOKE ALL ON ALL TABLES IN SCHEMA metrics_ingest FROM PUBLIC;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA metrics_ingest FROM PUBLIC;
-GRANT USAGE ON SCHEMA metrics_ingest TO metrics_ingest_writer, metrics_ingest_reader;
+GRANT USAGE ON SCHEMA metrics_ingest TO metrics_ingest_writer, metrics_ingest_reader,
+    metrics_ingest_pii_reader;
 GRANT SELECT ON metrics_ingest.metrics, metrics_ingest.rejected, metrics_ingest.metric_types,
     metrics_ingest.settings TO metrics_ingest_reader;

@@ -22,12 +22,16 @@ pub const MAX_ID_CHARS: usize = 256;
 pub const MAX_APP_VERSION_CHARS: usize = 64;
 pub const MAX_LOCATION_CHARS: usize = 256;
 pub const MAX_LABEL_CHARS: usize = 64;
+pub const MAX_PLATFORM_CHARS: usize = 64;
+pub const MAX_NAME_CHARS: usize = 256;
+/// RFC 5321's limit on a forward path, the usual bound on an address.
+pub const MAX_EMAIL_CHARS: usize = 254;
 /// Unknown fields are kept in `attributes`, up to this many bytes of JSON.
 pub const MAX_ATTRIBUTES_BYTES: usize = 65_536;
 
 /// Keys with a meaning of their own; everything else that is not a metric type
 /// goes to `attributes`.
-pub const CONTEXT_FIELDS: [&str; 12] = [
+pub const CONTEXT_FIELDS: [&str; 15] = [
     "timestamp",
     "timestamp_ms",
     "user_id",
@@ -40,7 +44,17 @@ pub const CONTEXT_FIELDS: [&str; 12] = [
     "location",
     "sentiment_score",
     "event_id",
+    "platform",
+    "name",
+    "email",
 ];
+
+/// Slots from here on are the fields 0.3.0 added (platform, and the profile
+/// fields that go to `users`): an older catalog keeps them in `attributes`.
+const FIRST_PROFILE_SLOT: usize = 12;
+/// `platform` is read (for `sessions`) and also kept in `attributes`, where it
+/// has always been stored: metrics has no column of its own for it.
+const PLATFORM_SLOT: usize = 12;
 
 /// The position of a context field in CONTEXT_FIELDS; a match compiles to a
 /// few length and byte comparisons, where a scan would compare up to twelve strings.
@@ -58,6 +72,9 @@ fn context_slot(key: &str) -> Option<usize> {
         "location" => 9,
         "sentiment_score" => 10,
         "event_id" => 11,
+        "platform" => 12,
+        "name" => 13,
+        "email" => 14,
         _ => return None,
     })
 }
@@ -79,8 +96,26 @@ pub struct Context {
     pub location: Option<String>,
     pub sentiment_score: Option<f64>,
     pub event_id: Option<String>,
+    /// Also in `attributes` (metrics has no platform column); read for sessions.
+    pub platform: Option<String>,
+    /// The user's profile, when the element carries it (seed 003): written to
+    /// `users`, never to the metric rows.
+    pub profile: Profile,
     /// JSON object text of the fields the schema does not know.
     pub attributes: Option<String>,
+}
+
+/// The `name` and `email` an element carries, if any.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+impl Profile {
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.email.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -276,8 +311,13 @@ fn validate_fields(
         if key.contains('\0') {
             return Err(nul_rejection("element"));
         }
-        if let Some(slot) = context_slot(key) {
+        let slot =
+            context_slot(key).filter(|&slot| slot < FIRST_PROFILE_SLOT || registry.profiles());
+        if let Some(slot) = slot {
             known[slot] = Some(Field::of(raw, key)?);
+            if slot == PLATFORM_SLOT {
+                unknown.add(key, raw)?;
+            }
         } else if registry.get(key).is_some() {
             wide.push((key, Field::of(raw, key)?));
         } else {
@@ -313,6 +353,11 @@ fn validate_fields(
         sentiment_score: take("sentiment_score")
             .map(|v| number_from_json("sentiment_score", &v).and_then(sentiment_in_range))
             .transpose()?,
+        platform: text_from_json("platform", take("platform"), MAX_PLATFORM_CHARS)?,
+        profile: Profile {
+            name: text_from_json("name", take("name"), MAX_NAME_CHARS)?,
+            email: email(text_from_json("email", take("email"), MAX_EMAIL_CHARS)?)?,
+        },
         attributes: unknown.finish()?,
     };
 
@@ -494,16 +539,60 @@ pub fn validate_call(args: CallArgs<'_>, registry: &Registry) -> Result<ValidEle
         v.map(|s| check_text(field, s, max, true).map(|()| s.to_string()))
             .transpose()
     };
+    let mut platform = None;
+    let mut profile = Profile::default();
     let attributes = match args.attributes {
         None => None,
         Some(json) => {
             match serde_json::from_str::<Value>(json).map_err(|e| bad_json("attributes", e))? {
                 Value::Object(map) if map.is_empty() => None,
-                Value::Object(map) => {
+                Value::Object(mut map) => {
                     if map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)) {
                         return Err(nul_rejection("attributes"));
                     }
-                    Some(json.to_string())
+                    // The fields insert_metric has no parameter for are read from
+                    // its attributes, by the rules ingest_json applies to them.
+                    let mut known = |field: &str,
+                                     max: usize|
+                     -> Result<Option<String>, Rejection> {
+                        if !registry.profiles() {
+                            return Ok(None);
+                        }
+                        let value = if field == "platform" {
+                            map.get(field).cloned()
+                        } else {
+                            map.remove(field)
+                        };
+                        match value {
+                            None | Some(Value::Null) => Ok(None),
+                            Some(Value::String(s)) => {
+                                check_text(field, &s, max, true).map(|()| Some(s))
+                            }
+                            Some(other) => {
+                                let text = other.to_string();
+                                let shown = Field::of(
+                                    &RawValue::from_string(text).map_err(|e| bad_json(field, e))?,
+                                    field,
+                                )?
+                                .kind();
+                                Err(Rejection::new(
+                                    Kind::WrongType,
+                                    field,
+                                    format!("must be a string, found {shown}"),
+                                ))
+                            }
+                        }
+                    };
+                    platform = known("platform", MAX_PLATFORM_CHARS)?;
+                    profile.name = known("name", MAX_NAME_CHARS)?;
+                    profile.email = email(known("email", MAX_EMAIL_CHARS)?)?;
+                    if profile.is_empty() {
+                        Some(json.to_string())
+                    } else if map.is_empty() {
+                        None
+                    } else {
+                        Some(Value::Object(map).to_string())
+                    }
                 }
                 other => {
                     let found = match other {
@@ -537,6 +626,8 @@ pub fn validate_call(args: CallArgs<'_>, registry: &Registry) -> Result<ValidEle
         app_version: text("app_version", args.app_version, MAX_APP_VERSION_CHARS)?,
         location: text("location", args.location, MAX_LOCATION_CHARS)?,
         sentiment_score: args.sentiment_score.map(sentiment_in_range).transpose()?,
+        platform,
+        profile,
         attributes,
     };
     let metric_type = args.metric_type.ok_or_else(|| missing("metric_type"))?;
@@ -695,6 +786,24 @@ fn id_from_json(field: &str, value: Option<Field>) -> Result<Option<String>, Rej
         }
         Some(Field::Number(text)) if is_integer_text(text) => Ok(Some(text.to_string())),
         Some(other) => Err(wrong_type(field, "a string or an integer", &other)),
+    }
+}
+
+/// An address must look like one: an `@` with something on each side.
+fn email(value: Option<String>) -> Result<Option<String>, Rejection> {
+    match value {
+        Some(address) => match address.split_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Ok(Some(address)),
+            _ => Err(Rejection::new(
+                Kind::InvalidValue,
+                "email",
+                format!(
+                    "\"{}\" is not an email address (it needs an @ with text on each side)",
+                    preview_str(&address)
+                ),
+            )),
+        },
+        None => Ok(None),
     }
 }
 

@@ -5,6 +5,7 @@ pub mod element;
 pub mod error;
 pub mod payload;
 pub mod registry;
+pub mod rollup;
 pub mod timestamp;
 
 #[cfg(test)]

@@ -40,6 +40,10 @@ pub struct Registry {
     rules: HashMap<String, MetricTypeRule>,
     /// Sorted names, for error messages that list what is known.
     names: Vec<String>,
+    /// Whether the catalog has 0.3.0's users and platform column: if not (the
+    /// library runs against an older catalog before ALTER EXTENSION UPDATE),
+    /// `platform`, `name` and `email` are unknown fields, kept in `attributes`.
+    profiles: bool,
 }
 
 impl Registry {
@@ -48,7 +52,21 @@ impl Registry {
             rules.into_iter().map(|r| (r.name.clone(), r)).collect();
         let mut names: Vec<String> = rules.keys().cloned().collect();
         names.sort();
-        Registry { rules, names }
+        Registry {
+            rules,
+            names,
+            profiles: true,
+        }
+    }
+
+    /// The same registry for a catalog without users (before 0.3.0).
+    pub fn without_profiles(mut self) -> Registry {
+        self.profiles = false;
+        self
+    }
+
+    pub fn profiles(&self) -> bool {
+        self.profiles
     }
 
     /// The registry `metric_types` ships with; the pure tests use it, and the SQL

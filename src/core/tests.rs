@@ -1,6 +1,8 @@
 //! Table-driven tests of the pure core: one line per case.
 
-use super::element::{validate_json_element, Measurement, ValidElement};
+use super::element::{
+    validate_call, validate_json_element, CallArgs, CallValue, Measurement, ValidElement,
+};
 use super::error::{PayloadError, RejectionKind};
 use super::payload::for_each_element;
 use super::registry::Registry;
@@ -39,9 +41,12 @@ fn seed_examples_are_valid() {
     assert_eq!(seed003.context.user_id, "1");
     assert_eq!(seed003.context.session_id.as_deref(), Some("1"));
     assert_eq!(seed003.context.unix_us, 1_622_558_400_000_000);
+    // Since 0.3.0 the profile goes to users, never into the metric rows.
+    assert_eq!(seed003.context.attributes, None);
+    assert_eq!(seed003.context.profile.name.as_deref(), Some("John Doe"));
     assert_eq!(
-        seed003.context.attributes.as_deref(),
-        Some(r#"{"name":"John Doe","email":"john.doe@example.com"}"#)
+        seed003.context.profile.email.as_deref(),
+        Some("john.doe@example.com")
     );
     assert_eq!(
         seed003.measurements,
@@ -656,4 +661,107 @@ fn ids_of_rejected_elements() {
     }
     let long = format!(r#"{{"user_id":"u","event_id":"{}"}}"#, "x".repeat(257));
     assert_eq!(rejected_ids(&long), ids(Some("u"), None));
+}
+
+#[test]
+fn platform_name_and_email_are_fields_of_their_own() {
+    let e = check(r#"{"user_id":"u","timestamp":1622558400,"talked_time":1,"platform":"ios","name":"Ann","email":"ann@example.com","os":"17"}"#).unwrap();
+    assert_eq!(e.context.platform.as_deref(), Some("ios"));
+    assert_eq!(e.context.profile.name.as_deref(), Some("Ann"));
+    assert_eq!(
+        e.context.attributes.as_deref(),
+        Some(r#"{"platform":"ios","os":"17"}"#)
+    );
+    let null =
+        check(r#"{"user_id":"u","timestamp":1622558400,"talked_time":1,"name":null,"email":null}"#)
+            .unwrap();
+    assert!(null.context.profile.is_empty());
+
+    // Before 0.3.0's catalog (no users table) they stay unknown fields.
+    let old = validate_json_element(
+        r#"{"user_id":"u","timestamp":1622558400,"talked_time":1,"platform":"ios","email":"nope"}"#,
+        &Registry::builtin().without_profiles(),
+    )
+    .unwrap();
+    assert_eq!(old.context.platform, None);
+    assert_eq!(
+        old.context.attributes.as_deref(),
+        Some(r#"{"platform":"ios","email":"nope"}"#)
+    );
+}
+
+#[test]
+fn an_email_must_look_like_one() {
+    let long = format!("{}@example.com", "a".repeat(250));
+    let cases: &[(String, &str, &str)] = &[
+        (
+            r#""john.example.com""#.into(),
+            "22023",
+            "is not an email address",
+        ),
+        (
+            r#""@example.com""#.into(),
+            "22023",
+            "is not an email address",
+        ),
+        (r#""john@""#.into(), "22023", "is not an email address"),
+        (format!("\"{long}\""), "22001", "254"),
+        ("42".into(), "22023", "must be a string"),
+    ];
+    for (email, sqlstate, reason) in cases {
+        let raw =
+            format!(r#"{{"user_id":"u","timestamp":1622558400,"talked_time":1,"email":{email}}}"#);
+        let (field, message, kind) = check(&raw).unwrap_err();
+        assert_eq!(field, "email", "{email}");
+        assert_eq!(kind.sqlstate(), *sqlstate, "{email}");
+        assert!(message.contains(reason), "{email}: {message}");
+    }
+    assert!(check(r#"{"user_id":"u","timestamp":1622558400,"talked_time":1,"email":"j@x","name":"x","platform":"android"}"#).is_ok());
+    let name = format!(
+        r#"{{"user_id":"u","timestamp":1622558400,"talked_time":1,"name":"{}"}}"#,
+        "n".repeat(257)
+    );
+    assert_eq!(check(&name).unwrap_err().0, "name");
+}
+
+#[test]
+fn insert_metric_reads_platform_and_the_profile_from_its_attributes() {
+    let args = |attributes| CallArgs {
+        unix_us: 1_622_558_400_000_000,
+        user_id: Some("u"),
+        session_id: None,
+        metric_type: Some("talked_time"),
+        metric_value: CallValue::Number(3.0),
+        device_id: None,
+        app_version: None,
+        location: None,
+        sentiment_score: None,
+        event_id: None,
+        attributes,
+    };
+    let e = validate_call(
+        args(Some(
+            r#"{"platform":"web","name":"Ann","email":"a@b","os":"x"}"#,
+        )),
+        &Registry::builtin(),
+    )
+    .unwrap();
+    assert_eq!(e.context.platform.as_deref(), Some("web"));
+    assert_eq!(e.context.profile.email.as_deref(), Some("a@b"));
+    assert_eq!(
+        e.context.attributes.as_deref(),
+        Some(r#"{"os":"x","platform":"web"}"#)
+    );
+    let only = validate_call(args(Some(r#"{"platform":"web"}"#)), &Registry::builtin()).unwrap();
+    assert_eq!(
+        only.context.attributes.as_deref(),
+        Some(r#"{"platform":"web"}"#)
+    );
+    let bad = validate_call(args(Some(r#"{"email":"nope"}"#)), &Registry::builtin()).unwrap_err();
+    assert_eq!(bad.field, "email");
+    let wrong = validate_call(args(Some(r#"{"platform":7}"#)), &Registry::builtin()).unwrap_err();
+    assert_eq!(
+        (wrong.field.as_str(), wrong.kind.sqlstate()),
+        ("platform", "22023")
+    );
 }

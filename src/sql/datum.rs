@@ -209,3 +209,37 @@ pub unsafe fn jsonb_text(datum: pg_sys::Datum) -> String {
         owned
     }
 }
+
+/// A one-dimensional array datum, in the current memory context, of text or of
+/// a by-value type the rollups write (int8, float8, timestamptz, date).
+pub fn array_datum(values: &[Option<pg_sys::Datum>], element_type: pg_sys::Oid) -> pg_sys::Datum {
+    let (length, by_value, align) = match element_type {
+        pg_sys::TEXTOID => (-1, false, b'i'),
+        pg_sys::DATEOID => (4, true, b'i'),
+        pg_sys::INT8OID | pg_sys::FLOAT8OID | pg_sys::TIMESTAMPTZOID => (8, true, b'd'),
+        _ => raise_internal("array_datum", "an element type it does not know"),
+    };
+    let mut datums: Vec<pg_sys::Datum> = values
+        .iter()
+        .map(|v| v.unwrap_or(pg_sys::Datum::from(0)))
+        .collect();
+    let mut nulls: Vec<bool> = values.iter().map(Option::is_none).collect();
+    let mut dims = [values.len() as i32];
+    let mut lower_bounds = [1];
+    // SAFETY: the arrays hold `values.len()` entries each, as `dims` says; the
+    // length, by-value flag and alignment are those of `element_type` (pg_type),
+    // and construct_md_array copies the values into a new palloc'd array.
+    unsafe {
+        pg_sys::Datum::from(pg_sys::construct_md_array(
+            datums.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            1,
+            dims.as_mut_ptr(),
+            lower_bounds.as_mut_ptr(),
+            element_type,
+            length,
+            by_value,
+            align as c_char,
+        ))
+    }
+}

@@ -39,7 +39,7 @@ use pgrx::{pg_sys, PgMemoryContexts};
 use super::datum::{jsonb_datum, supplied_values, Column, EVENT_KEY};
 use super::errors::raise_internal;
 use super::pg_compat;
-use super::sink::{Repeat, Sink, Stored};
+use super::sink::{LateRepeat, Repeat, Sink, Stored};
 use super::table::{LeafLayout, TableShape};
 use crate::core::element::{Context, Measurement, ValidElement};
 
@@ -84,10 +84,10 @@ pub struct DirectLeaf {
     bulk: bool,
     slots: Vec<*mut pg_sys::TupleTableSlot>,
     buffered_events: usize,
-    /// The element each buffered row came from, to correct its verdict if a
-    /// race turns the row into a duplicate at flush time.
-    buffered_ordinals: Vec<usize>,
-    late_repeats: Vec<(usize, Repeat)>,
+    /// The element (ordinal) and measurement each buffered row came from, to
+    /// correct its verdict if a race turns the row into a duplicate at flush time.
+    buffered_rows: Vec<(usize, usize)>,
+    late_repeats: Vec<LateRepeat>,
     /// Holds a stored row while it is compared with a repeat of its event.
     stored_slot: *mut pg_sys::TupleTableSlot,
     /// Probe the event index before buffering (see the module comment).
@@ -169,7 +169,7 @@ impl DirectLeaf {
                 bulk,
                 slots: Vec::new(),
                 buffered_events: 0,
-                buffered_ordinals: Vec::with_capacity(if bulk { MAX_BUFFERED } else { 0 }),
+                buffered_rows: Vec::with_capacity(if bulk { MAX_BUFFERED } else { 0 }),
                 late_repeats: Vec::new(),
                 stored_slot: null_mut(),
                 probe_first: false,
@@ -180,7 +180,7 @@ impl DirectLeaf {
 
     /// Rows waiting for the next flush.
     fn buffered(&self) -> usize {
-        self.buffered_ordinals.len()
+        self.buffered_rows.len()
     }
 
     fn slot(&mut self, i: usize) -> *mut pg_sys::TupleTableSlot {
@@ -351,7 +351,7 @@ impl DirectLeaf {
             if raced {
                 for i in 0..self.buffered() {
                     if let Some(repeat) = self.insert_one(self.slots[i]) {
-                        self.late_repeats.push((self.buffered_ordinals[i], repeat));
+                        self.late_repeats.push(late(self.buffered_rows[i], repeat));
                     }
                 }
             }
@@ -361,7 +361,7 @@ impl DirectLeaf {
             pg_sys::MemoryContextReset(self.batch_context.value());
         }
         self.buffered_events = 0;
-        self.buffered_ordinals.clear();
+        self.buffered_rows.clear();
     }
 
     /// The multi-insert and its index entries; true if an event key conflicted
@@ -409,7 +409,7 @@ impl DirectLeaf {
                         pg_sys::GetActiveSnapshot(),
                     );
                     if let Some(repeat) = self.insert_one(slot) {
-                        self.late_repeats.push((self.buffered_ordinals[i], repeat));
+                        self.late_repeats.push(late(self.buffered_rows[i], repeat));
                     }
                     self.probe_first = true;
                     continue;
@@ -512,22 +512,22 @@ impl Sink for DirectLeaf {
         });
         let mut stored = Stored::default();
         let has_event = element.context.event_id.is_some();
-        for measurement in &element.measurements {
+        for (measurement, values) in element.measurements.iter().enumerate() {
             if !self.bulk {
-                match self.insert_now(&element.context, measurement, attributes) {
+                match self.insert_now(&element.context, values, attributes) {
                     None => stored.inserted += 1,
-                    Some(repeat) => stored.repeat(repeat),
+                    Some(repeat) => stored.repeat(measurement, repeat),
                 }
                 continue;
             }
             let slot = self.slot(self.buffered());
             // SAFETY: the slot is the next free one of this relation's buffer.
             unsafe {
-                self.fill(slot, &element.context, measurement, attributes);
+                self.fill(slot, &element.context, values, attributes);
                 if has_event && self.probe_first {
                     if let Some(repeat) = self.repeat_of(slot) {
                         pg_sys::ExecClearTuple(slot);
-                        stored.repeat(repeat);
+                        stored.repeat(measurement, repeat);
                         continue;
                     }
                 }
@@ -535,13 +535,13 @@ impl Sink for DirectLeaf {
             if has_event {
                 self.buffered_events += 1;
             }
-            self.buffered_ordinals.push(ordinal);
+            self.buffered_rows.push((ordinal, measurement));
             stored.inserted += 1;
         }
         stored
     }
 
-    fn finish(mut self: Box<Self>) -> Vec<(usize, Repeat)> {
+    fn finish(mut self: Box<Self>) -> Vec<LateRepeat> {
         self.flush();
         // SAFETY: everything opened in `open` is released once, in reverse order;
         // the relation stays locked until the transaction ends (NoLock).
@@ -556,6 +556,14 @@ impl Sink for DirectLeaf {
             pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
         std::mem::take(&mut self.late_repeats)
+    }
+}
+
+fn late((ordinal, measurement): (usize, usize), repeat: Repeat) -> LateRepeat {
+    LateRepeat {
+        ordinal,
+        measurement,
+        repeat,
     }
 }
 

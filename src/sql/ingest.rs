@@ -165,7 +165,7 @@ pub unsafe extern "C-unwind" fn ingest_json_jsonb_wrapper(
 
 fn ingest(payload: &str, mode: OnError, texts: &mut RejectionTexts) -> Vec<Outcome> {
     let registry = registry();
-    let mut writer = Writer::open(Path::Bulk);
+    let mut writer = Writer::open(Path::Bulk, registry.profiles());
     let mut outcomes: Vec<Outcome> = Vec::new();
     let read = for_each_element(payload, |ordinal, raw| {
         let validated = validate_json_element(raw, &registry)

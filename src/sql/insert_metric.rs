@@ -57,11 +57,12 @@ unsafe fn insert(fcinfo: pg_sys::FunctionCallInfo, metric_value: CallValue<'_>) 
         event_id: text(9),
         attributes: attributes.as_deref(),
     };
-    let element = match validate_call(args, &registry()) {
+    let registry = registry();
+    let element = match validate_call(args, &registry) {
         Ok(element) => element,
         Err(rejection) => raise_rejection(&rejection, None),
     };
-    let mut writer = Writer::open(Path::Single);
+    let mut writer = Writer::open(Path::Single, registry.profiles());
     if let Err(rejection) = writer.check_retention(&element) {
         raise_rejection(&rejection, None);
     }

@@ -23,7 +23,7 @@ use pgrx::{pg_sys, PgMemoryContexts};
 
 use super::datum::{jsonb_datum, supplied_values, Column, SUPPLIED};
 use super::errors::raise_internal;
-use super::sink::{Repeat, Sink, Stored};
+use super::sink::{LateRepeat, Repeat, Sink, Stored};
 use crate::core::element::ValidElement;
 
 /// The INSERT of one metric row; `$suffix` ends the statement.
@@ -99,9 +99,9 @@ impl Sink for InsertPath {
                 .attributes
                 .as_deref()
                 .map(|json| self.row_memory.switch_to(|_| jsonb_datum(json)));
-            for measurement in &element.measurements {
+            for (measurement, row) in element.measurements.iter().enumerate() {
                 let (values, nulls) = self.row_memory.switch_to(|_| {
-                    let supplied = supplied_values(&element.context, measurement, attributes);
+                    let supplied = supplied_values(&element.context, row, attributes);
                     (
                         supplied.map(|d| d.unwrap_or(pg_sys::Datum::from(0))),
                         supplied.map(|d| if d.is_some() { b' ' } else { b'n' } as c_char),
@@ -109,14 +109,14 @@ impl Sink for InsertPath {
                 });
                 if has_event && self.rules {
                     if let Some(repeat) = repeat_of(&values, &nulls) {
-                        stored.repeat(repeat);
+                        stored.repeat(measurement, repeat);
                         continue;
                     }
                 }
                 let mut inserted = insert_row(plan, &values, &nulls);
                 if !inserted && has_event && !self.rules {
                     if let Some(repeat) = repeat_of(&values, &nulls) {
-                        stored.repeat(repeat);
+                        stored.repeat(measurement, repeat);
                         continue;
                     }
                     let plain = kept_plan(&PLAIN_PLAN, INSERT_PLAIN, &parameter_types());
@@ -126,9 +126,9 @@ impl Sink for InsertPath {
                     stored.inserted += 1;
                 } else if let Some(repeat) = has_event.then(|| repeat_of(&values, &nulls)).flatten()
                 {
-                    stored.repeat(repeat);
+                    stored.repeat(measurement, repeat);
                 } else {
-                    stored.skipped += 1;
+                    stored.repeat(measurement, Repeat::Skipped);
                 }
             }
             pg_sys::MemoryContextReset(self.row_memory.value());
@@ -136,7 +136,7 @@ impl Sink for InsertPath {
         stored
     }
 
-    fn finish(self: Box<Self>) -> Vec<(usize, Repeat)> {
+    fn finish(self: Box<Self>) -> Vec<LateRepeat> {
         Vec::new()
     }
 }

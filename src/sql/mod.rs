@@ -13,6 +13,7 @@ mod insert_metric;
 mod insert_path;
 mod pg_compat;
 mod registry_cache;
+mod rollups;
 mod settings;
 mod setwise;
 mod sink;
@@ -22,6 +23,8 @@ mod writer;
 #[cfg(any(test, feature = "pg_test"))]
 mod partition_tests;
 #[cfg(any(test, feature = "pg_test"))]
+mod rollup_tests;
+#[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
 pgrx::extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);
@@ -30,6 +33,11 @@ pgrx::extension_sql_file!(
     "../../sql/partitions.sql",
     name = "partitions",
     requires = ["api"]
+);
+pgrx::extension_sql_file!(
+    "../../sql/rollups.sql",
+    name = "rollups",
+    requires = ["partitions"]
 );
 pgrx::extension_sql_file!("../../sql/comments.sql", name = "comments", finalize);
 

@@ -90,8 +90,13 @@ pub fn registry() -> Rc<Registry> {
 fn load() -> (pg_sys::Oid, Registry, u64) {
     // By name, not from a row: an empty registry still has a table to watch.
     const RELID: &str = "SELECT 'metrics_ingest.metric_types'::pg_catalog.regclass::pg_catalog.oid";
+    // 0.3.0's users table: without it (an older catalog, before ALTER EXTENSION
+    // UPDATE), profiles and platform stay in attributes and no rollups are kept.
+    // ALTER EXTENSION UPDATE to 0.3.0 changes metric_types' CHECK, which
+    // invalidates this copy.
+    const PROFILES: &str = "SELECT pg_catalog.to_regclass('metrics_ingest.users') IS NOT NULL";
     let loaded = Spi::connect(
-        |client| -> Result<(pg_sys::Oid, Vec<MetricTypeRule>, u64), pgrx::spi::Error> {
+        |client| -> Result<(pg_sys::Oid, Vec<MetricTypeRule>, u64, bool), pgrx::spi::Error> {
             let relid = client
                 .select(RELID, None, &[])?
                 .first()
@@ -109,11 +114,19 @@ fn load() -> (pg_sys::Oid, Registry, u64) {
             // SAFETY: pops the snapshot pushed just above (read_rules pushes none of its own
             // that it leaves behind: SPI pops what it pushes).
             unsafe { pg_sys::PopActiveSnapshot() };
-            Ok((relid, rules?, generation))
+            let profiles = client
+                .select(PROFILES, None, &[])?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false);
+            Ok((relid, rules?, generation, profiles))
         },
     );
     match loaded {
-        Ok((relid, rules, generation)) => (relid, Registry::new(rules), generation),
+        Ok((relid, rules, generation, true)) => (relid, Registry::new(rules), generation),
+        Ok((relid, rules, generation, false)) => {
+            (relid, Registry::new(rules).without_profiles(), generation)
+        }
         Err(e) => raise_internal("loading metric_types", e),
     }
 }

@@ -16,7 +16,7 @@ use pgrx::{pg_sys, IntoDatum, PgMemoryContexts};
 
 use super::errors::raise_internal;
 use super::insert_path::{kept_plan, InsertPath};
-use super::sink::{Repeat, Sink, Stored};
+use super::sink::{LateRepeat, Repeat, Sink, Stored};
 use crate::core::element::{Context, Measurement, ValidElement};
 
 /// Rows per statement.
@@ -50,6 +50,8 @@ fn parameter_types() -> [pg_sys::Oid; 12] {
 
 struct Row {
     ordinal: usize,
+    /// The measurement's index in its element.
+    index: usize,
     context: Context,
     measurement: Measurement,
 }
@@ -61,7 +63,7 @@ pub struct SetwiseInsert {
     rows: Vec<Row>,
     /// Settles the rows the statement did not store.
     row_wise: InsertPath,
-    late: Vec<(usize, Repeat)>,
+    late: Vec<LateRepeat>,
     memory: PgMemoryContexts,
 }
 
@@ -104,7 +106,11 @@ impl SetwiseInsert {
                 None
             };
             if let Some(repeat) = repeat {
-                self.late.push((row.ordinal, repeat));
+                self.late.push(LateRepeat {
+                    ordinal: row.ordinal,
+                    measurement: row.index,
+                    repeat,
+                });
             }
         }
     }
@@ -200,9 +206,10 @@ impl Sink for SetwiseInsert {
         if self.rows.len() + element.measurements.len() > MAX_BUFFERED {
             self.flush();
         }
-        for measurement in &element.measurements {
+        for (index, measurement) in element.measurements.iter().enumerate() {
             self.rows.push(Row {
                 ordinal,
+                index,
                 context: element.context.clone(),
                 measurement: measurement.clone(),
             });
@@ -213,7 +220,7 @@ impl Sink for SetwiseInsert {
         }
     }
 
-    fn finish(mut self: Box<Self>) -> Vec<(usize, Repeat)> {
+    fn finish(mut self: Box<Self>) -> Vec<LateRepeat> {
         self.flush();
         std::mem::take(&mut self.late)
     }

@@ -19,7 +19,7 @@ pub enum Repeat {
 }
 
 /// How an element's rows fared, counted per row.
-#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub struct Stored {
     /// New rows (or rows buffered to be written by the next flush).
     pub inserted: u32,
@@ -29,10 +29,16 @@ pub struct Stored {
     pub skipped: u32,
     /// The first row whose event key is stored with other values, if any.
     pub conflict: Option<Column>,
+    /// The rows not stored, by their measurement's index in the element, and
+    /// whether each was refused (a conflict, a trigger) rather than a duplicate.
+    pub not_stored: Vec<(usize, bool)>,
 }
 
 impl Stored {
-    pub fn repeat(&mut self, repeat: Repeat) {
+    /// Row `measurement` repeats a stored event (or was kept out).
+    pub fn repeat(&mut self, measurement: usize, repeat: Repeat) {
+        self.not_stored
+            .push((measurement, repeat != Repeat::Duplicate));
         match repeat {
             Repeat::Duplicate => self.duplicate += 1,
             Repeat::Conflict(column) => {
@@ -44,22 +50,21 @@ impl Stored {
     }
 }
 
-impl std::ops::AddAssign for Stored {
-    fn add_assign(&mut self, other: Stored) {
-        self.inserted += other.inserted;
-        self.duplicate += other.duplicate;
-        self.skipped += other.skipped;
-        self.conflict = self.conflict.or(other.conflict);
-    }
+/// A buffered row found at flush time to repeat a stored event.
+#[derive(Clone, Copy, Debug)]
+pub struct LateRepeat {
+    pub ordinal: usize,
+    pub measurement: usize,
+    pub repeat: Repeat,
 }
 
 pub trait Sink {
     /// Stores every row of one element, or buffers them for a later flush.
     fn put(&mut self, ordinal: usize, element: &ValidElement) -> Stored;
 
-    /// Writes whatever is buffered and releases the sink. Returns the ordinals
-    /// of elements one of whose buffered rows turned out, when written, to be a
-    /// repeat after all (one entry per such row): the same event came twice in
-    /// one buffer, or a concurrent session stored it first.
-    fn finish(self: Box<Self>) -> Vec<(usize, Repeat)>;
+    /// Writes whatever is buffered and releases the sink. Returns the buffered
+    /// rows that turned out, when written, to be a repeat after all (the same
+    /// event came twice in one buffer, or a concurrent session stored it
+    /// first), by element ordinal and measurement index.
+    fn finish(self: Box<Self>) -> Vec<LateRepeat>;
 }

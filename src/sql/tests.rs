@@ -46,13 +46,15 @@ mod tests {
     #[pg_test]
     fn creates_every_object() {
         let expected = [
-            ("SELECT count(*) FROM pg_tables WHERE schemaname = 'metrics_ingest'", 4),
+            // metrics, rejected, metric_types, settings; since 0.3.0 users, session_parts, daily_parts
+            ("SELECT count(*) FROM pg_tables WHERE schemaname = 'metrics_ingest'", 7),
+            ("SELECT count(*) FROM pg_views WHERE schemaname = 'metrics_ingest'", 2),
             // keys and indexes live on each partition (see sql/schema.sql), none yet
             ("SELECT count(*) FROM pg_indexes WHERE schemaname = 'metrics_ingest' AND tablename = 'metrics'", 0),
-            ("SELECT count(*) FROM pg_roles WHERE rolname IN ('metrics_ingest_writer', 'metrics_ingest_reader')", 2),
+            ("SELECT count(*) FROM pg_roles WHERE rolname IN ('metrics_ingest_writer', 'metrics_ingest_reader', 'metrics_ingest_pii_reader')", 3),
             ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace AND prosecdef", 6),
-            // metrics, rejected, metric_types, settings and both identity sequences are kept by pg_dump
-            ("SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'metrics_ingest'", 6),
+            // the seven tables and both identity sequences are kept by pg_dump
+            ("SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'metrics_ingest'", 9),
             ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace \
               AND prosecdef AND NOT 'search_path=pg_catalog, pg_temp' = ANY(proconfig)", 0),
             ("SELECT count(*) FROM pg_proc p WHERE pronamespace = 'metrics_ingest'::regnamespace \
@@ -106,11 +108,16 @@ mod tests {
         assert_eq!(
             rows("user_id = '1'"),
             vec![
-                r#"2021-06-01 14:40:00|1|1|talked_time|120|{"name": "John Doe", "email": "john.doe@example.com"}"#,
-                r#"2021-06-01 14:40:00|1|1|microphone_used|1|{"name": "John Doe", "email": "john.doe@example.com"}"#,
-                r#"2021-06-01 14:40:00|1|1|speaker_used|1|{"name": "John Doe", "email": "john.doe@example.com"}"#,
-                r#"2021-06-01 14:40:00|1|1|voice_sentiment|1|positive|{"name": "John Doe", "email": "john.doe@example.com"}"#,
+                "2021-06-01 14:40:00|1|1|talked_time|120",
+                "2021-06-01 14:40:00|1|1|microphone_used|1",
+                "2021-06-01 14:40:00|1|1|speaker_used|1",
+                "2021-06-01 14:40:00|1|1|voice_sentiment|1|positive",
             ]
+        );
+        // Since 0.3.0 seed 003's profile is in users, not in every metric row.
+        assert_eq!(
+            text("SELECT concat_ws('|', user_id, name, email) FROM metrics_ingest.users WHERE user_id = '1'"),
+            "1|John Doe|john.doe@example.com"
         );
         assert_eq!(
             rows("user_id = 'u-1001'"),

@@ -18,12 +18,14 @@ use super::dead_letters;
 use super::direct::DirectLeaf;
 use super::errors::raise_internal;
 use super::insert_path::{kept_plan, InsertPath};
+use super::rollups;
 use super::settings::retention_horizon;
 use super::setwise::SetwiseInsert;
-use super::sink::{Repeat, Sink, Stored};
+use super::sink::{LateRepeat, Repeat, Sink, Stored};
 use super::table::{self, Route, TableShape};
 use crate::core::element::ValidElement;
 use crate::core::error::{Rejection, RejectionKind};
+use crate::core::rollup::Rollup;
 use crate::core::timestamp::PG_EPOCH_OFFSET_US;
 
 /// Partitions with a buffer of their own at once, as COPY's MAX_PARTITION_BUFFERS.
@@ -62,13 +64,18 @@ pub struct Writer {
     spi_connected: bool,
     caller_context: pg_sys::MemoryContext,
     reject_memory: PgMemoryContexts,
-    late_repeats: Vec<(usize, Repeat)>,
+    late_repeats: Vec<LateRepeat>,
+    /// What the stored rows add to sessions, daily totals and users; None on a
+    /// catalog older than 0.3.0, which has none of them.
+    rollup: Option<Rollup>,
     /// Oldest storable time (timestamptz microseconds) and the retention, if set.
     horizon: Option<(i64, String)>,
 }
 
 impl Writer {
-    pub fn open(path: Path) -> Writer {
+    /// `rollups`: whether the catalog has sessions, daily totals and users
+    /// (0.3.0 on) to keep up to date.
+    pub fn open(path: Path, rollups: bool) -> Writer {
         let relid = table::lock_metrics();
         table::check_insert_privilege(relid);
         // SAFETY: the table is locked (ROW EXCLUSIVE, until the transaction ends)
@@ -96,6 +103,7 @@ impl Writer {
             caller_context: unsafe { pg_sys::CurrentMemoryContext },
             reject_memory: PgMemoryContexts::new("metrics_ingest dead letter"),
             late_repeats: Vec::new(),
+            rollup: rollups.then(Rollup::default),
             horizon: retention_horizon(),
         }
     }
@@ -140,7 +148,7 @@ impl Writer {
         } else {
             self.table.relid
         };
-        match self.target(relid) {
+        let stored = match self.target(relid) {
             Target::Direct(i) => self.direct[i].put(ordinal, element),
             Target::Insert => {
                 self.connect_spi();
@@ -158,7 +166,14 @@ impl Writer {
                 self.back_from_spi();
                 stored
             }
+        };
+        if let Some(rollup) = self.rollup.as_mut() {
+            rollup.add(ordinal, element);
+            for &(measurement, refused) in &stored.not_stored {
+                rollup.not_stored(ordinal, measurement, refused);
+            }
         }
+        stored
     }
 
     /// SPI returns to its procedure context after each call; this call's own
@@ -266,18 +281,33 @@ impl Writer {
         stored
     }
 
-    /// Writes what is buffered; returns the ordinals of elements one of whose
-    /// rows turned out, at flush time, to repeat a stored event after all (one
-    /// entry per such row).
+    /// Writes what is buffered, then the rollups of what was stored; returns
+    /// the ordinals of elements one of whose rows turned out, at flush time, to
+    /// repeat a stored event after all (one entry per such row).
     pub fn finish(mut self) -> Vec<(usize, Repeat)> {
         self.close_leaves();
         if let Some(insert) = self.insert.take() {
             self.late_repeats.extend(insert.finish());
         }
+        if let Some(mut rollup) = self.rollup.take() {
+            for late in &self.late_repeats {
+                let refused = late.repeat != Repeat::Duplicate;
+                rollup.not_stored(late.ordinal, late.measurement, refused);
+            }
+            if !rollup.is_empty() {
+                let summary = rollup.finish();
+                self.connect_spi();
+                rollups::write(&summary);
+                self.back_from_spi();
+            }
+        }
         if self.spi_connected {
             // SAFETY: SPI was connected by this writer and is finished once.
             unsafe { pg_sys::SPI_finish() };
         }
-        std::mem::take(&mut self.late_repeats)
+        self.late_repeats
+            .iter()
+            .map(|late| (late.ordinal, late.repeat))
+            .collect()
     }
 }

@@ -1,0 +1,374 @@
+//! What one call adds to `sessions` and `daily_totals`, and the profiles it
+//! carries for `users`.
+//!
+//! The writer tells the rollup every element it stores, then every row that
+//! turned out not to be stored after all (a repeat of a stored event, a row a
+//! trigger kept out); `finish` aggregates what is left. The result is written,
+//! in the same transaction as the rows, as delta rows that `run_maintenance`
+//! compacts: concurrent calls only ever insert, so none waits for another.
+
+use std::collections::HashMap;
+
+use super::element::{Profile, ValidElement};
+
+const US_PER_DAY: i64 = 86_400_000_000;
+
+/// One (UTC day, metric type) of a call's stored rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DailyPart {
+    /// Days since 1970-01-01.
+    pub unix_day: i32,
+    pub metric_type: String,
+    pub samples: i64,
+    pub total: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// One (user_id, session_id) of a call's stored rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionPart {
+    pub user_id: String,
+    pub session_id: String,
+    /// Microseconds since 1970-01-01 UTC.
+    pub start_us: i64,
+    pub end_us: i64,
+    pub metric_count: i64,
+    /// From the rows at `end_us`: the greatest value of each, in byte order
+    /// (COLLATE "C"), NULL only when every such row has none.
+    pub device_id: Option<String>,
+    pub app_version: Option<String>,
+    pub platform: Option<String>,
+    pub location: Option<String>,
+}
+
+/// The profile a call carries for one user: the newest element's fields, and
+/// for a field it lacks, the newest element of the call that has one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfilePart {
+    pub user_id: String,
+    /// The newest profile-carrying element's time (microseconds since 1970).
+    pub time_us: i64,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub daily: Vec<DailyPart>,
+    pub sessions: Vec<SessionPart>,
+    pub profiles: Vec<ProfilePart>,
+}
+
+struct Row {
+    ordinal: usize,
+    measurement: usize,
+    element: usize,
+    type_index: usize,
+    unix_day: i32,
+    value: f64,
+    stored: bool,
+}
+
+struct Element {
+    unix_us: i64,
+    user_id: String,
+    /// Session columns, when the element names a session.
+    session: Option<[Option<String>; 5]>,
+    profile: Profile,
+    /// A row of it was refused (conflict, kept out by a trigger): its profile
+    /// is not applied.
+    refused: bool,
+}
+
+#[derive(Default)]
+pub struct Rollup {
+    rows: Vec<Row>,
+    elements: Vec<Element>,
+    metric_types: Vec<String>,
+}
+
+impl Rollup {
+    /// Records every row of an element as stored. Ordinals must increase.
+    pub fn add(&mut self, ordinal: usize, element: &ValidElement) {
+        let context = &element.context;
+        let unix_day = context.unix_us.div_euclid(US_PER_DAY) as i32;
+        let index = self.elements.len();
+        for (measurement, m) in element.measurements.iter().enumerate() {
+            let type_index = match self.metric_types.iter().position(|t| *t == m.metric_type) {
+                Some(i) => i,
+                None => {
+                    self.metric_types.push(m.metric_type.clone());
+                    self.metric_types.len() - 1
+                }
+            };
+            self.rows.push(Row {
+                ordinal,
+                measurement,
+                element: index,
+                type_index,
+                unix_day,
+                value: m.value,
+                stored: true,
+            });
+        }
+        self.elements.push(Element {
+            unix_us: context.unix_us,
+            user_id: context.user_id.clone(),
+            session: context.session_id.as_ref().map(|session_id| {
+                [
+                    Some(session_id.clone()),
+                    context.device_id.clone(),
+                    context.app_version.clone(),
+                    context.platform.clone(),
+                    context.location.clone(),
+                ]
+            }),
+            profile: context.profile.clone(),
+            refused: false,
+        });
+    }
+
+    /// Row `measurement` of element `ordinal` was not stored: it repeats a
+    /// stored event (`refused` false) or was refused (a conflict, a trigger).
+    pub fn not_stored(&mut self, ordinal: usize, measurement: usize, refused: bool) {
+        let found = self
+            .rows
+            .binary_search_by(|r| (r.ordinal, r.measurement).cmp(&(ordinal, measurement)));
+        if let Ok(i) = found {
+            self.rows[i].stored = false;
+            if refused {
+                let element = self.rows[i].element;
+                self.elements[element].refused = true;
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn finish(self) -> Summary {
+        let mut daily: HashMap<(i32, usize), DailyPart> = HashMap::new();
+        let mut stored_rows = vec![0i64; self.elements.len()];
+        for row in self.rows.iter().filter(|r| r.stored) {
+            stored_rows[row.element] += 1;
+            daily
+                .entry((row.unix_day, row.type_index))
+                .and_modify(|d| {
+                    d.samples += 1;
+                    d.total += row.value;
+                    d.min = d.min.min(row.value);
+                    d.max = d.max.max(row.value);
+                })
+                .or_insert_with(|| DailyPart {
+                    unix_day: row.unix_day,
+                    metric_type: self.metric_types[row.type_index].clone(),
+                    samples: 1,
+                    total: row.value,
+                    min: row.value,
+                    max: row.value,
+                });
+        }
+
+        let mut sessions: HashMap<(&str, &str), SessionPart> = HashMap::new();
+        let mut profiles: HashMap<&str, (ProfilePart, i64, i64)> = HashMap::new();
+        for (element, &count) in self.elements.iter().zip(&stored_rows) {
+            if let (Some([Some(session_id), device_id, app_version, platform, location]), true) =
+                (&element.session, count > 0)
+            {
+                let values = [device_id, app_version, platform, location];
+                sessions
+                    .entry((element.user_id.as_str(), session_id.as_str()))
+                    .and_modify(|s| s.merge(element.unix_us, count, values))
+                    .or_insert_with(|| SessionPart {
+                        user_id: element.user_id.clone(),
+                        session_id: session_id.clone(),
+                        start_us: element.unix_us,
+                        end_us: element.unix_us,
+                        metric_count: count,
+                        device_id: device_id.clone(),
+                        app_version: app_version.clone(),
+                        platform: platform.clone(),
+                        location: location.clone(),
+                    });
+            }
+            if element.refused || element.profile.is_empty() {
+                continue;
+            }
+            // Elements come in ordinal order: on equal times the later one wins.
+            let (part, name_us, email_us) =
+                profiles.entry(element.user_id.as_str()).or_insert_with(|| {
+                    (
+                        ProfilePart {
+                            user_id: element.user_id.clone(),
+                            time_us: i64::MIN,
+                            name: None,
+                            email: None,
+                        },
+                        i64::MIN,
+                        i64::MIN,
+                    )
+                });
+            part.time_us = part.time_us.max(element.unix_us);
+            let newer = |field: &Option<String>, at: &mut i64| {
+                field.is_some() && element.unix_us >= *at && {
+                    *at = element.unix_us;
+                    true
+                }
+            };
+            if newer(&element.profile.name, name_us) {
+                part.name = element.profile.name.clone();
+            }
+            if newer(&element.profile.email, email_us) {
+                part.email = element.profile.email.clone();
+            }
+        }
+
+        let mut summary = Summary {
+            daily: daily.into_values().collect(),
+            sessions: sessions.into_values().collect(),
+            profiles: profiles.into_values().map(|(p, _, _)| p).collect(),
+        };
+        // A fixed order: the delta rows of concurrent calls lock nothing, but
+        // users rows are upserted, and calls that lock them in one order
+        // cannot deadlock.
+        summary
+            .daily
+            .sort_by(|a, b| (a.unix_day, &a.metric_type).cmp(&(b.unix_day, &b.metric_type)));
+        summary
+            .sessions
+            .sort_by(|a, b| (&a.user_id, &a.session_id).cmp(&(&b.user_id, &b.session_id)));
+        summary.profiles.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        summary
+    }
+}
+
+impl SessionPart {
+    fn merge(&mut self, unix_us: i64, count: i64, values: [&Option<String>; 4]) {
+        self.start_us = self.start_us.min(unix_us);
+        self.metric_count += count;
+        let mine = [
+            &mut self.device_id,
+            &mut self.app_version,
+            &mut self.platform,
+            &mut self.location,
+        ];
+        if unix_us > self.end_us {
+            self.end_us = unix_us;
+            for (mine, theirs) in mine.into_iter().zip(values) {
+                mine.clone_from(theirs);
+            }
+        } else if unix_us == self.end_us {
+            // None < Some, and String orders by bytes: COLLATE "C"'s greatest.
+            for (mine, theirs) in mine.into_iter().zip(values) {
+                if *theirs > *mine {
+                    mine.clone_from(theirs);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::element::validate_json_element;
+    use crate::core::registry::Registry;
+
+    fn rollup_of(elements: &[&str]) -> Rollup {
+        let registry = Registry::builtin();
+        let mut rollup = Rollup::default();
+        for (i, raw) in elements.iter().enumerate() {
+            let element = validate_json_element(raw, &registry).expect("valid");
+            rollup.add(i + 1, &element);
+        }
+        rollup
+    }
+
+    #[test]
+    fn daily_parts_count_each_stored_row_by_utc_day_and_type() {
+        let rollup = rollup_of(&[
+            r#"{"user_id":"u","timestamp":"2024-05-01T23:59:59Z","talked_time":10,"speaker_used":true}"#,
+            r#"{"user_id":"u","timestamp":"2024-05-02T00:00:00+02:00","talked_time":4}"#,
+            r#"{"user_id":"v","timestamp":"2024-05-02T00:00:00Z","talked_time":1.5}"#,
+        ]);
+        let daily = rollup.finish().daily;
+        fn day(d: &DailyPart) -> (i32, &str, i64, f64, f64, f64) {
+            (
+                d.unix_day,
+                d.metric_type.as_str(),
+                d.samples,
+                d.total,
+                d.min,
+                d.max,
+            )
+        }
+        assert_eq!(
+            daily.iter().map(day).collect::<Vec<_>>(),
+            vec![
+                (19844, "speaker_used", 1, 1.0, 1.0, 1.0),
+                (19844, "talked_time", 2, 14.0, 4.0, 10.0),
+                (19845, "talked_time", 1, 1.5, 1.5, 1.5),
+            ]
+        );
+    }
+
+    #[test]
+    fn rows_not_stored_count_nowhere_and_refused_ones_drop_the_profile() {
+        let mut rollup = rollup_of(&[
+            r#"{"user_id":"u","session_id":"s","timestamp":"2024-05-01T10:00:00Z","talked_time":10,"speaker_used":true,"name":"A","email":"a@x"}"#,
+            r#"{"user_id":"u","session_id":"s","timestamp":"2024-05-01T11:00:00Z","talked_time":3,"name":"B"}"#,
+        ]);
+        rollup.not_stored(1, 1, false);
+        rollup.not_stored(2, 0, true);
+        let summary = rollup.finish();
+        assert_eq!(summary.daily.len(), 1);
+        assert_eq!(summary.daily[0].samples, 1);
+        assert_eq!(summary.sessions.len(), 1);
+        let s = &summary.sessions[0];
+        assert_eq!(
+            (s.metric_count, s.start_us, s.end_us),
+            (1, s.start_us, s.start_us)
+        );
+        assert_eq!(summary.profiles.len(), 1);
+        assert_eq!(summary.profiles[0].name.as_deref(), Some("A"));
+    }
+
+    #[test]
+    fn sessions_take_their_values_from_the_latest_rows_and_the_greatest_on_ties() {
+        let summary = rollup_of(&[
+            r#"{"user_id":"u","session_id":"s","timestamp":"2024-05-01T10:00:02Z","talked_time":1,"device_id":"b","location":"Z"}"#,
+            r#"{"user_id":"u","session_id":"s","timestamp":"2024-05-01T10:00:01Z","talked_time":1,"device_id":"z","platform":"ios"}"#,
+            r#"{"user_id":"u","session_id":"s","timestamp":"2024-05-01T10:00:02Z","talked_time":1,"device_id":"a","location":"a"}"#,
+            r#"{"user_id":"w","session_id":"s","timestamp":"2024-05-01T10:00:00Z","talked_time":1}"#,
+            r#"{"user_id":"w","timestamp":"2024-05-01T10:00:00Z","talked_time":1}"#,
+        ])
+        .finish();
+        let u = &summary.sessions[0];
+        assert_eq!(u.metric_count, 3);
+        assert_eq!(u.device_id.as_deref(), Some("b"));
+        assert_eq!(u.platform, None);
+        assert_eq!(u.location.as_deref(), Some("a"), "byte order: 'a' > 'Z'");
+        assert_eq!(u.end_us - u.start_us, 1_000_000);
+        assert_eq!(summary.sessions[1].user_id, "w");
+        assert_eq!(
+            summary.sessions[1].metric_count, 1,
+            "the same session_id of another user is another session"
+        );
+    }
+
+    #[test]
+    fn the_newest_profile_of_a_call_wins_field_by_field() {
+        let summary = rollup_of(&[
+            r#"{"user_id":"u","timestamp":"2024-05-03T00:00:00Z","talked_time":1,"name":"New"}"#,
+            r#"{"user_id":"u","timestamp":"2024-05-01T00:00:00Z","talked_time":1,"name":"Old","email":"old@x"}"#,
+            r#"{"user_id":"u","timestamp":"2024-05-03T00:00:00Z","talked_time":1,"name":"Newer"}"#,
+        ])
+        .finish();
+        let p = &summary.profiles[0];
+        assert_eq!(p.name.as_deref(), Some("Newer"));
+        assert_eq!(p.email.as_deref(), Some("old@x"));
+        assert_eq!(p.time_us, 1_714_694_400_000_000);
+    }
+}

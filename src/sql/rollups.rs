@@ -1,0 +1,179 @@
+//! Writes what one call adds to `sessions`, `daily_totals` and `users`
+//! (`core::rollup` computes it), in the caller's transaction, so the rollups
+//! commit or roll back with the rows they describe.
+//!
+//! Sessions and daily totals get delta rows (`session_parts`, `daily_parts`),
+//! which only ever insert: no concurrent call waits for another, however many
+//! share a day or a session; `run_maintenance` compacts them and the views add
+//! them up. Users are upserted, in user_id order: two calls carrying the same
+//! user wait for each other there, never for other users, and never deadlock.
+
+use std::cell::Cell;
+
+use pgrx::pg_sys;
+
+use super::datum::{array_datum, float8_datum, text_datum, timestamptz_datum};
+use super::errors::raise_internal;
+use super::insert_path::kept_plan;
+use crate::core::rollup::Summary;
+
+const INSERT_DAILY: &str = "INSERT INTO metrics_ingest.daily_parts \
+     (day, metric_type, samples, total, min, max) \
+     SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
+     pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))";
+
+const INSERT_SESSIONS: &str = "INSERT INTO metrics_ingest.session_parts \
+     (user_id, session_id, start_time, end_time, metric_count, device_id, app_version, platform, location) \
+     SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
+     pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), \
+     pg_catalog.unnest($8), pg_catalog.unnest($9))";
+
+/// A profile replaces the stored one when it is at least as new; a field it
+/// does not carry keeps its value. updated_at moves only when a value changes.
+const UPSERT_USERS: &str = "INSERT INTO metrics_ingest.users AS u (user_id, name, email, profile_time) \
+     SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
+         pg_catalog.unnest($4)) \
+     ON CONFLICT (user_id) DO UPDATE SET \
+         name = coalesce(excluded.name, u.name), \
+         email = coalesce(excluded.email, u.email), \
+         profile_time = excluded.profile_time, \
+         updated_at = CASE WHEN (coalesce(excluded.name, u.name), coalesce(excluded.email, u.email)) \
+                                IS DISTINCT FROM (u.name, u.email) \
+                           THEN pg_catalog.now() ELSE u.updated_at END \
+     WHERE excluded.profile_time >= u.profile_time";
+
+thread_local! {
+    static DAILY_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static SESSIONS_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static USERS_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Days since 1970-01-01 to PostgreSQL's date (days since 2000-01-01).
+const PG_EPOCH_UNIX_DAY: i32 = 10_957;
+
+/// Writes the summary; SPI must be connected (the writer connects it).
+pub fn write(summary: &Summary) {
+    use pg_sys::{DATEOID, FLOAT8OID, INT8OID, TEXTOID, TIMESTAMPTZOID};
+    let text = |s: &str| Some(text_datum(s));
+    let maybe = |s: &Option<String>| s.as_deref().map(text_datum);
+    let int8 = |n: i64| Some(pg_sys::Datum::from(n));
+    let float8 = |x: f64| Some(float8_datum(x));
+    let time = |us: i64| Some(timestamptz_datum(us));
+
+    if !summary.daily.is_empty() {
+        let d = &summary.daily;
+        let column =
+            |f: &dyn Fn(&crate::core::rollup::DailyPart) -> Option<pg_sys::Datum>,
+             t: pg_sys::Oid| { array_datum(&d.iter().map(f).collect::<Vec<_>>(), t) };
+        let values = [
+            column(
+                &|p| Some(pg_sys::Datum::from(p.unix_day - PG_EPOCH_UNIX_DAY)),
+                DATEOID,
+            ),
+            column(&|p| text(&p.metric_type), TEXTOID),
+            column(&|p| int8(p.samples), INT8OID),
+            column(&|p| float8(p.total), FLOAT8OID),
+            column(&|p| float8(p.min), FLOAT8OID),
+            column(&|p| float8(p.max), FLOAT8OID),
+        ];
+        let types = [
+            pg_sys::DATEARRAYOID,
+            pg_sys::TEXTARRAYOID,
+            pg_sys::INT8ARRAYOID,
+            pg_sys::FLOAT8ARRAYOID,
+            pg_sys::FLOAT8ARRAYOID,
+            pg_sys::FLOAT8ARRAYOID,
+        ];
+        run(
+            &DAILY_PLAN,
+            INSERT_DAILY,
+            &types,
+            &values,
+            pg_sys::SPI_OK_INSERT,
+        );
+    }
+
+    if !summary.sessions.is_empty() {
+        let s = &summary.sessions;
+        let column =
+            |f: &dyn Fn(&crate::core::rollup::SessionPart) -> Option<pg_sys::Datum>,
+             t: pg_sys::Oid| { array_datum(&s.iter().map(f).collect::<Vec<_>>(), t) };
+        let values = [
+            column(&|p| text(&p.user_id), TEXTOID),
+            column(&|p| text(&p.session_id), TEXTOID),
+            column(&|p| time(p.start_us), TIMESTAMPTZOID),
+            column(&|p| time(p.end_us), TIMESTAMPTZOID),
+            column(&|p| int8(p.metric_count), INT8OID),
+            column(&|p| maybe(&p.device_id), TEXTOID),
+            column(&|p| maybe(&p.app_version), TEXTOID),
+            column(&|p| maybe(&p.platform), TEXTOID),
+            column(&|p| maybe(&p.location), TEXTOID),
+        ];
+        let (text_array, time_array) = (pg_sys::TEXTARRAYOID, pg_sys::TIMESTAMPTZARRAYOID);
+        let types = [
+            text_array,
+            text_array,
+            time_array,
+            time_array,
+            pg_sys::INT8ARRAYOID,
+            text_array,
+            text_array,
+            text_array,
+            text_array,
+        ];
+        run(
+            &SESSIONS_PLAN,
+            INSERT_SESSIONS,
+            &types,
+            &values,
+            pg_sys::SPI_OK_INSERT,
+        );
+    }
+
+    if !summary.profiles.is_empty() {
+        let p = &summary.profiles;
+        let column =
+            |f: &dyn Fn(&crate::core::rollup::ProfilePart) -> Option<pg_sys::Datum>,
+             t: pg_sys::Oid| { array_datum(&p.iter().map(f).collect::<Vec<_>>(), t) };
+        let values = [
+            column(&|p| text(&p.user_id), TEXTOID),
+            column(&|p| maybe(&p.name), TEXTOID),
+            column(&|p| maybe(&p.email), TEXTOID),
+            column(&|p| time(p.time_us), TIMESTAMPTZOID),
+        ];
+        let text_array = pg_sys::TEXTARRAYOID;
+        let types = [
+            text_array,
+            text_array,
+            text_array,
+            pg_sys::TIMESTAMPTZARRAYOID,
+        ];
+        run(
+            &USERS_PLAN,
+            UPSERT_USERS,
+            &types,
+            &values,
+            pg_sys::SPI_OK_INSERT,
+        );
+    }
+}
+
+fn run(
+    plan: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,
+    query: &str,
+    types: &[pg_sys::Oid],
+    values: &[pg_sys::Datum],
+    expected: u32,
+) {
+    let plan = kept_plan(plan, query, types);
+    // SAFETY: SPI is connected (this module's contract); the plan takes
+    // `values.len()` parameters, none NULL (the nulls string is all spaces).
+    unsafe {
+        let nulls = vec![b' ' as std::ffi::c_char; values.len() + 1];
+        let status =
+            pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), nulls.as_ptr(), false, 0);
+        if status != expected as i32 {
+            raise_internal("writing the rollups", format!("SPI status {status}"));
+        }
+    }
+}
