@@ -48,14 +48,15 @@ const SESSIONS_OVER_METRICS: &str = r#"
                l.device_id, l.app_version, l.platform, l.location
         FROM agg a JOIN latest l ON l.user_id = a.user_id AND l.session_id = a.session_id)"#;
 
-/// Differences between `metrics_ingest.sessions` and [`SESSIONS_OVER_METRICS`].
-fn sessions_diff_sql() -> String {
+/// Differences between the rows of `metrics_ingest.sessions` that satisfy `held` and
+/// [`SESSIONS_OVER_METRICS`].
+fn sessions_diff_sql(held: &str) -> String {
     format!(
         r#"WITH {SESSIONS_OVER_METRICS},
     got AS (
         SELECT user_id, session_id, start_time, end_time, metric_count,
                device_id, app_version, platform, location
-        FROM metrics_ingest.sessions)
+        FROM metrics_ingest.sessions WHERE {held})
 SELECT 'sessions: want ' || coalesce(w::text, 'no row') || ', got ' || coalesce(g::text, 'no row')
 FROM want w FULL JOIN got g ON g.user_id = w.user_id AND g.session_id = w.session_id
 WHERE w.user_id IS NULL OR g.user_id IS NULL
@@ -73,7 +74,9 @@ LIMIT 10"#
 /// values (which bounds the rounding error of any order, and is the total itself
 /// when no value is negative; relative to the total alone, a sum of signed
 /// sentiments that cancels to ~0 would have no tolerance at all).
-const DAILY_DIFF_SQL: &str = r#"
+fn daily_diff_sql(held: &str) -> String {
+    format!(
+        r#"
 WITH want AS (
         SELECT ("timestamp" AT TIME ZONE 'UTC')::date AS day, metric_type, count(*) AS samples,
                sum(metric_value) AS total, min(metric_value) AS min_value,
@@ -82,7 +85,7 @@ WITH want AS (
         GROUP BY 1, 2),
     got AS (
         SELECT day, metric_type, samples, total, "min" AS min_value, "max" AS max_value, mean
-        FROM metrics_ingest.daily_totals)
+        FROM metrics_ingest.daily_totals WHERE {held})
 SELECT 'daily_totals: want ' || coalesce(w::text, 'no row') || ', got ' || coalesce(g::text, 'no row')
 FROM want w FULL JOIN got g ON g.day = w.day AND g.metric_type = w.metric_type
 WHERE w.day IS NULL OR g.day IS NULL
@@ -90,7 +93,9 @@ WHERE w.day IS NULL OR g.day IS NULL
    OR g.total IS NULL OR abs(g.total - w.total) > 1e-9 * w.magnitude
    OR g.mean IS NULL OR abs(g.mean - w.total / w.samples) > 1e-9 * w.magnitude / w.samples
 ORDER BY 1
-LIMIT 10"#;
+LIMIT 10"#
+    )
+}
 
 /// Keys that appear more than once in a rollup view.
 const DUPLICATE_KEYS_SQL: &str = r#"
@@ -105,14 +110,25 @@ HAVING count(*) <> count(DISTINCT (day, metric_type))"#;
 /// Every difference between the rollups and the aggregates over metrics, read in one
 /// REPEATABLE READ snapshot: empty when they are equal.
 fn rollup_differences(client: &mut Client) -> Result<Vec<String>, postgres::Error> {
-    let sessions = sessions_diff_sql();
+    rollup_differences_where(client, "true", "true")
+}
+
+/// The same, for the sessions and daily totals rows that satisfy the given conditions
+/// (the ones whose raw rows retention has not dropped).
+fn rollup_differences_where(
+    client: &mut Client,
+    sessions_held: &str,
+    days_held: &str,
+) -> Result<Vec<String>, postgres::Error> {
+    let sessions = sessions_diff_sql(sessions_held);
+    let daily = daily_diff_sql(days_held);
     let mut tx = client
         .build_transaction()
         .isolation_level(IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()?;
     let mut found = Vec::new();
-    for sql in [sessions.as_str(), DAILY_DIFF_SQL, DUPLICATE_KEYS_SQL] {
+    for sql in [sessions.as_str(), daily.as_str(), DUPLICATE_KEYS_SQL] {
         for row in tx.query(sql, &[])? {
             found.push(row.get::<_, String>(0));
         }
@@ -1369,4 +1385,281 @@ fn insert_metric_reads_platform_name_and_email_from_attributes() {
         ["im-s|1|web"]
     );
     assert_rollups_exact(&mut c, "insert_metric");
+}
+
+// ---------------------------------------------------------------------------
+// Repeats inside one batch, conflicts and partly new wide elements
+// ---------------------------------------------------------------------------
+
+#[test]
+fn duplicates_conflicts_and_partly_new_wide_elements_count_once() {
+    let db = TestDb::new("rollups_repeats");
+    let mut c = db.connect();
+    let batch = r#"[
+        {"user_id":"rp","session_id":"s","timestamp":"2024-04-01T10:00:00Z","talked_time":10,"microphone_used":true,"event_id":"e1"},
+        {"user_id":"rp","session_id":"s","timestamp":"2024-04-01T10:00:00Z","talked_time":10,"microphone_used":true,"event_id":"e1"},
+        {"user_id":"rp","session_id":"s","timestamp":"2024-04-01T10:05:00Z","metric_type":"talked_time","metric_value":20,"device_id":"d","event_id":"e2"},
+        {"user_id":"rp","session_id":"s","timestamp":"2024-04-01T10:05:00Z","metric_type":"talked_time","metric_value":21,"device_id":"d","event_id":"e2"},
+        {"user_id":"rp","session_id":"s","timestamp":"2024-04-01T10:00:00Z","talked_time":10,"microphone_used":true,"speaker_used":false,"event_id":"e1"},
+        {"user_id":"rp","session_id":"s","timestamp":"2024-04-01T10:09:00Z","metric_type":"talked_time","metric_value":-3,"event_id":"e3"}
+    ]"#;
+    let outcomes = ingest(&mut c, batch);
+    let got: Vec<(&str, i32)> = outcomes
+        .iter()
+        .map(|o| (o.status.as_str(), o.metrics_stored))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("inserted", 2),
+            ("duplicate", 0),
+            ("inserted", 1),
+            ("conflict", 0),
+            ("inserted", 1),
+            ("rejected", 0),
+        ]
+    );
+    let expected_sessions = ["rp|s|10:00:00|10:05:00|4|d"];
+    let expected_daily = [
+        "microphone_used|1|1",
+        "speaker_used|1|0",
+        "talked_time|2|30",
+    ];
+    let sessions_sql = "SELECT concat_ws('|', user_id, session_id, \
+        to_char(start_time AT TIME ZONE 'UTC', 'HH24:MI:SS'), \
+        to_char(end_time AT TIME ZONE 'UTC', 'HH24:MI:SS'), metric_count, device_id) \
+        FROM metrics_ingest.sessions";
+    let daily_sql = "SELECT concat_ws('|', metric_type, samples, total) \
+        FROM metrics_ingest.daily_totals ORDER BY metric_type";
+    assert_eq!(texts(&mut c, sessions_sql), expected_sessions);
+    assert_eq!(texts(&mut c, daily_sql), expected_daily);
+    assert_rollups_exact(&mut c, "one batch with repeats");
+
+    // The whole batch again, from another session, then through insert_metric.
+    let mut other = db.connect();
+    let again: Vec<String> = ingest(&mut other, batch)
+        .into_iter()
+        .map(|o| o.status)
+        .collect();
+    assert_eq!(
+        again,
+        [
+            "duplicate",
+            "duplicate",
+            "duplicate",
+            "conflict",
+            "duplicate",
+            "rejected"
+        ]
+    );
+    other
+        .batch_execute(
+            "CALL metrics_ingest.insert_metric('2024-04-01 10:05:00+00', 'rp', 's', \
+             'talked_time', '20', device_id => 'd', event_id => 'e2')",
+        )
+        .unwrap_or_else(|e| panic!("insert_metric of a stored event: {}", error_text(&e)));
+    assert_eq!(texts(&mut c, sessions_sql), expected_sessions);
+    assert_eq!(texts(&mut c, daily_sql), expected_daily);
+    assert_rollups_exact(&mut c, "the batch sent again");
+}
+
+// ---------------------------------------------------------------------------
+// forget_user while an ingest of the same user is in flight
+// ---------------------------------------------------------------------------
+
+/// forget_user meets an ingest of the same user that commits while it runs: made
+/// deterministic by the ingest updating the user's profile, whose row lock forget_user
+/// waits for. Whatever forget_user then erases or leaves, sessions and daily totals
+/// equal the aggregates over the metrics that are left.
+#[test]
+fn forget_user_racing_an_ingest_of_the_same_user_leaves_rollups_exact() {
+    let db = TestDb::new("rollups_forget_race");
+    let mut admin = db.connect();
+    ingest(
+        &mut admin,
+        r#"[{"user_id":"fr","session_id":"s1","timestamp":"2024-03-01T10:00:00Z","talked_time":10,"name":"Fran","email":"fran@example.com","event_id":"fr-1"},
+            {"user_id":"other","session_id":"s1","timestamp":"2024-03-01T10:00:00Z","talked_time":7,"event_id":"o-1"}]"#,
+    );
+    let mut a = db.connect();
+    a.batch_execute("BEGIN").unwrap();
+    let outcomes = ingest(
+        &mut a,
+        r#"[{"user_id":"fr","session_id":"s2","timestamp":"2024-03-01T11:00:00Z","talked_time":5,"email":"fran.new@example.com","event_id":"fr-2"},
+            {"user_id":"fr","session_id":"s3","timestamp":"2024-03-02T11:00:00Z","speaker_used":true,"event_id":"fr-3"}]"#,
+    );
+    assert!(
+        outcomes.iter().all(|o| o.status == "inserted"),
+        "{outcomes:?}"
+    );
+
+    let config = db.config();
+    let (pid_tx, pid_rx) = std::sync::mpsc::channel();
+    let forget = std::thread::spawn(move || {
+        let mut f = connect_retry(&config);
+        let pid: i32 = f.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+        pid_tx.send(pid).unwrap();
+        f.query(
+            "SELECT relation, removed FROM metrics_ingest.forget_user('fr') ORDER BY relation",
+            &[],
+        )
+        .map(|rows| {
+            rows.iter()
+                .map(|r| format!("{}={}", r.get::<_, String>(0), r.get::<_, i64>(1)))
+                .collect::<Vec<_>>()
+        })
+        .map_err(|e| error_text(&e))
+    });
+    let pid = pid_rx.recv().expect("forget_user's backend pid");
+    // Commit the ingest once forget_user waits for a lock, or has finished.
+    let mut waited = false;
+    for _ in 0..3000 {
+        let state: Option<String> = admin
+            .query_opt(
+                "SELECT coalesce(wait_event_type, '') || '/' || state FROM pg_stat_activity \
+                 WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .map(|r| r.get(0));
+        match state.as_deref() {
+            Some("Lock/active") => {
+                waited = true;
+                break;
+            }
+            _ if forget.is_finished() => break,
+            _ => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+    a.batch_execute("COMMIT").unwrap();
+    let removed = forget
+        .join()
+        .expect("forget_user thread")
+        .unwrap_or_else(|e| panic!("forget_user: {e}"));
+    eprintln!("rollups: forget_user waited for the ingest: {waited}; it removed {removed:?}");
+    let left = texts(
+        &mut admin,
+        "SELECT concat_ws('|', session_id, metric_type) FROM metrics_ingest.metrics \
+         WHERE user_id = 'fr' ORDER BY 1",
+    );
+    assert_rollups_exact(
+        &mut admin,
+        &format!(
+            "forget_user racing an ingest of the same user (waited for it: {waited}; \
+             removed {removed:?}; fr's metrics left: {left:?})"
+        ),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Retention: daily totals keep the history of dropped days
+// ---------------------------------------------------------------------------
+
+#[test]
+fn daily_totals_outlive_retention_and_stay_exact_for_the_days_held() {
+    let db = TestDb::new("rollups_retention");
+    let mut c = db.connect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let old = now - 20 * 86_400;
+    let recent = now - 3_600;
+    let outcomes = ingest(
+        &mut c,
+        &format!(
+            r#"[{{"user_id":"rt1","session_id":"old","timestamp":{old},"talked_time":100,"microphone_used":true,"name":"R","email":"r@example.com","event_id":"o1"}},
+                {{"user_id":"rt2","session_id":"old","timestamp":{old},"talked_time":40,"event_id":"o2"}},
+                {{"user_id":"rt1","session_id":"new","timestamp":{recent},"talked_time":9,"event_id":"n1"}},
+                {{"user_id":"rt2","session_id":"new","timestamp":{recent},"talked_time":3,"speaker_used":false,"event_id":"n2"}}]"#
+        ),
+    );
+    assert!(
+        outcomes.iter().all(|o| o.status == "inserted"),
+        "{outcomes:?}"
+    );
+    let old_day_sql = format!(
+        "SELECT concat_ws('|', metric_type, samples, total, \"min\", \"max\", mean) \
+         FROM metrics_ingest.daily_totals WHERE day = (to_timestamp({old}) AT TIME ZONE 'UTC')::date \
+         ORDER BY metric_type"
+    );
+    let old_day = texts(&mut c, &old_day_sql);
+    assert_eq!(
+        old_day,
+        ["microphone_used|1|1|1|1|1", "talked_time|2|140|40|100|70"]
+    );
+
+    c.batch_execute("SELECT metrics_ingest.set_retention('10 days')")
+        .unwrap();
+    let actions = run_maintenance(&mut c);
+    assert!(
+        actions.iter().any(|a| a.starts_with("dropped partition")),
+        "{actions:?}"
+    );
+    let held_sessions = "end_time >= now() - interval '10 days'";
+    let held_days = "day >= (now() - interval '10 days')::date";
+    let check = |c: &mut Client, when: &str| {
+        let d = rollup_differences_where(c, held_sessions, held_days)
+            .unwrap_or_else(|e| panic!("{when}: {}", error_text(&e)));
+        assert!(d.is_empty(), "{when}: days held differ:\n{}", d.join("\n"));
+    };
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM metrics_ingest.metrics"),
+        3,
+        "the recent rows are held"
+    );
+    assert_eq!(
+        texts(&mut c, &old_day_sql),
+        old_day,
+        "the dropped day's totals"
+    );
+    check(&mut c, "after retention dropped a day");
+
+    // An element of the dropped day is rejected, not stored into the archive.
+    let late = ingest(
+        &mut c,
+        &format!(r#"{{"user_id":"rt3","timestamp":{old},"talked_time":1}}"#),
+    );
+    assert_eq!(
+        (late[0].status.as_str(), late[0].field.as_deref()),
+        ("rejected", Some("timestamp"))
+    );
+    assert_eq!(texts(&mut c, &old_day_sql), old_day);
+
+    c.query("SELECT * FROM metrics_ingest.rebuild_rollups()", &[])
+        .unwrap_or_else(|e| panic!("rebuild_rollups: {}", error_text(&e)));
+    assert_eq!(
+        texts(&mut c, &old_day_sql),
+        old_day,
+        "after rebuild_rollups"
+    );
+    check(&mut c, "after rebuild_rollups");
+
+    // forget_user erases the user, and leaves the anonymous archive as it is.
+    let removed: BTreeMap<String, i64> = c
+        .query(
+            "SELECT relation, removed FROM metrics_ingest.forget_user('rt1')",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("forget_user: {}", error_text(&e)))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(removed["metrics"], 1, "{removed:?}");
+    assert_eq!(removed["users"], 1, "{removed:?}");
+    assert_eq!(texts(&mut c, &old_day_sql), old_day, "after forget_user");
+    for sql in [
+        "SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'rt1'",
+        "SELECT count(*) FROM metrics_ingest.users WHERE user_id = 'rt1'",
+        "SELECT count(*) FROM metrics_ingest.sessions WHERE user_id = 'rt1'",
+    ] {
+        assert_eq!(count(&mut c, sql), 0, "{sql}");
+    }
+    check(&mut c, "after forget_user");
+    let _ = run_maintenance(&mut c);
+    assert_eq!(
+        texts(&mut c, &old_day_sql),
+        old_day,
+        "after run_maintenance"
+    );
+    check(&mut c, "after a last run_maintenance");
 }
