@@ -1663,3 +1663,200 @@ fn daily_totals_outlive_retention_and_stay_exact_for_the_days_held() {
     );
     check(&mut c, "after a last run_maintenance");
 }
+
+// ---------------------------------------------------------------------------
+// Profiles: late fields, retries
+// ---------------------------------------------------------------------------
+
+/// A late element's email never replaces a newer one, also when it comes in the same
+/// call as a newer element that carries only a name: the call must end as the same
+/// elements sent one call each would.
+#[test]
+fn a_late_email_in_the_same_call_as_a_newer_name_never_overwrites_a_newer_email() {
+    let db = TestDb::new("rollups_late_field");
+    let mut c = db.connect();
+    let stored = r#"{"user_id":"USER","timestamp":"2024-01-03T00:00:00Z","talked_time":1,"name":"N3","email":"e3@example.com"}"#;
+    let newer_name =
+        r#"{"user_id":"USER","timestamp":"2024-01-04T00:00:00Z","talked_time":1,"name":"N4"}"#;
+    let late_email = r#"{"user_id":"USER","timestamp":"2024-01-01T00:00:00Z","talked_time":1,"email":"e1-late@example.com"}"#;
+    // One call each, in both orders.
+    for (user, calls) in [
+        ("apart", [newer_name, late_email]),
+        ("apart-reversed", [late_email, newer_name]),
+    ] {
+        ingest(&mut c, &stored.replace("USER", user));
+        for call in calls {
+            assert_eq!(
+                ingest(&mut c, &call.replace("USER", user))[0].status,
+                "inserted"
+            );
+        }
+        assert_eq!(
+            profile_of(&mut c, user),
+            ["N4|e3@example.com|2024-01-04 00:00:00"],
+            "{user}"
+        );
+    }
+    // The same two elements in one call.
+    ingest(&mut c, &stored.replace("USER", "together"));
+    let outcomes = ingest(
+        &mut c,
+        &format!(
+            "[{},{}]",
+            newer_name.replace("USER", "together"),
+            late_email.replace("USER", "together")
+        ),
+    );
+    assert!(outcomes.iter().all(|o| o.status == "inserted"));
+    assert_eq!(
+        profile_of(&mut c, "together"),
+        ["N4|e3@example.com|2024-01-04 00:00:00"],
+        "late data in one call overwrote a newer email"
+    );
+}
+
+/// "Duplicates change nothing": a retry of a stored element does not bring its profile
+/// back over a later write of the same timestamp.
+#[test]
+fn a_retry_of_a_stored_element_changes_no_profile() {
+    let db = TestDb::new("rollups_retry_profile");
+    let mut c = db.connect();
+    let x = r#"{"user_id":"rp","timestamp":"2024-01-05T00:00:00Z","talked_time":1,"email":"a@example.com","event_id":"x1"}"#;
+    let y = r#"{"user_id":"rp","timestamp":"2024-01-05T00:00:00Z","talked_time":2,"email":"b@example.com","event_id":"y1"}"#;
+    assert_eq!(ingest(&mut c, x)[0].status, "inserted");
+    assert_eq!(ingest(&mut c, y)[0].status, "inserted");
+    let profile_sql = "SELECT concat_ws('|', email, updated_at) FROM metrics_ingest.users";
+    let before = texts(&mut c, profile_sql);
+    assert!(before[0].starts_with("b@example.com|"), "{before:?}");
+    assert_eq!(ingest(&mut c, x)[0].status, "duplicate");
+    assert_eq!(
+        texts(&mut c, profile_sql),
+        before,
+        "a duplicate (a retry that stores nothing) changed the profile"
+    );
+    assert_rollups_exact(&mut c, "after a retry");
+}
+
+// ---------------------------------------------------------------------------
+// A DBA's trigger that changes rows on their way in
+// ---------------------------------------------------------------------------
+
+/// ingest_json hands a table with triggers to the INSERT path; the rollups must
+/// describe the rows as stored, not as sent.
+#[test]
+fn rows_a_before_trigger_changes_are_counted_as_stored() {
+    let db = TestDb::new("rollups_trigger");
+    let mut c = db.connect();
+    c.batch_execute(
+        "CREATE FUNCTION public.normalise() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN NEW.metric_value := NEW.metric_value * 2; NEW.session_id := upper(NEW.session_id); \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER normalise BEFORE INSERT ON metrics_ingest.metrics \
+         FOR EACH ROW EXECUTE FUNCTION public.normalise()",
+    )
+    .unwrap();
+    let outcomes = ingest(
+        &mut c,
+        r#"[{"user_id":"tg","session_id":"s","timestamp":"2024-02-01T10:00:00Z","talked_time":5,"device_id":"d"},
+            {"user_id":"tg","session_id":"s","timestamp":"2024-02-01T10:01:00Z","talked_time":7}]"#,
+    );
+    assert!(
+        outcomes.iter().all(|o| o.status == "inserted"),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        texts(
+            &mut c,
+            "SELECT concat_ws('|', session_id, metric_value) FROM metrics_ingest.metrics \
+             ORDER BY \"timestamp\""
+        ),
+        ["S|10", "S|14"],
+        "the trigger ran"
+    );
+    assert_rollups_exact(&mut c, "rows changed by a BEFORE INSERT trigger");
+}
+
+// ---------------------------------------------------------------------------
+// Upgrade from 0.2.0
+// ---------------------------------------------------------------------------
+
+/// ALTER EXTENSION UPDATE moves the profiles 0.2.0 kept in attributes to users and
+/// fills sessions and daily totals from the rows already stored.
+#[test]
+fn upgrade_from_0_2_0_moves_profiles_to_users_and_fills_the_rollups() {
+    let db = TestDb::new("rollups_upgrade");
+    let mut c = db.connect();
+    c.batch_execute(
+        "DROP EXTENSION metrics_ingest; CREATE EXTENSION metrics_ingest VERSION '0.2.0'",
+    )
+    .unwrap_or_else(|e| panic!("CREATE EXTENSION ... VERSION '0.2.0': {}", error_text(&e)));
+    // As 0.2.0 stored them: name and email in attributes.
+    ingest(&mut c, SEED_003);
+    ingest(
+        &mut c,
+        r#"[{"user_id":1,"session_id":1,"timestamp":1622558460,"talked_time":30,"platform":"android","email":"john.new@example.com"},
+            {"user_id":2,"session_id":1,"timestamp":1622558410,"talked_time":5,"colour":"red"}]"#,
+    );
+    // 0.2.0 did not check emails: a later row's attributes hold one users would refuse.
+    // It stays in attributes, and is not the profile (nor its time).
+    ingest(
+        &mut c,
+        r#"{"user_id":1,"timestamp":1622558500,"microphone_used":false,"email":"not-an-email"}"#,
+    );
+    assert!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM metrics_ingest.metrics WHERE attributes ? 'email'"
+        ) > 0,
+        "0.2.0 keeps email in attributes"
+    );
+    c.batch_execute("ALTER EXTENSION metrics_ingest UPDATE")
+        .unwrap_or_else(|e| panic!("ALTER EXTENSION UPDATE: {}", error_text(&e)));
+    assert_eq!(
+        texts(
+            &mut c,
+            "SELECT concat_ws('|', user_id, name, email) FROM metrics_ingest.users ORDER BY 1"
+        ),
+        ["1|John Doe|john.new@example.com"]
+    );
+    assert_eq!(
+        texts(
+            &mut c,
+            "SELECT DISTINCT coalesce(attributes::text, '-') FROM metrics_ingest.metrics ORDER BY 1"
+        ),
+        [
+            "-",
+            "{\"colour\": \"red\"}",
+            "{\"email\": \"not-an-email\"}",
+            "{\"platform\": \"android\"}"
+        ]
+    );
+    assert_eq!(
+        texts(
+            &mut c,
+            "SELECT concat_ws('|', user_id, session_id, metric_count, coalesce(platform, '-')) \
+             FROM metrics_ingest.sessions ORDER BY 1"
+        ),
+        ["1|1|5|android", "2|1|1|-"]
+    );
+    assert_rollups_exact(&mut c, "after ALTER EXTENSION UPDATE");
+    assert_eq!(
+        profile_of(&mut c, "1"),
+        ["John Doe|john.new@example.com|2021-06-01 14:41:00"],
+        "profile_time is the time of the element whose profile is held"
+    );
+    // New data goes on from there: an element newer than the profile held updates it.
+    assert_eq!(
+        ingest(
+            &mut c,
+            r#"{"user_id":1,"session_id":1,"timestamp":1622558470,"talked_time":1,"name":"John Q. Doe"}"#
+        )[0]
+        .status,
+        "inserted"
+    );
+    assert_eq!(
+        profile_of(&mut c, "1"),
+        ["John Q. Doe|john.new@example.com|2021-06-01 14:41:10"]
+    );
+    assert_rollups_exact(&mut c, "after the upgrade and a new call");
+}
