@@ -60,30 +60,39 @@ pub struct Summary {
     pub profiles: Vec<ProfilePart>,
 }
 
+/// One stored row: 24 bytes, kept for every row of a call until it finishes.
 struct Row {
-    ordinal: usize,
-    measurement: usize,
-    element: usize,
-    type_index: usize,
+    ordinal: u32,
+    measurement: u16,
+    type_index: u16,
+    element: u32,
     unix_day: i32,
     value: f64,
-    stored: bool,
 }
 
+/// What sessions and users need of an element: nothing (16 bytes) unless it
+/// names a session or carries a profile.
 struct Element {
     unix_us: i64,
-    user_id: String,
-    /// Session columns, when the element names a session.
-    session: Option<[Option<String>; 5]>,
-    profile: Profile,
+    about: Option<Box<About>>,
     /// A row of it was refused (conflict, kept out by a trigger): its profile
     /// is not applied.
     refused: bool,
 }
 
+struct About {
+    user_id: String,
+    /// session_id, device_id, app_version, platform, location: when the
+    /// element names a session.
+    session: Option<[Option<String>; 5]>,
+    profile: Option<Profile>,
+}
+
 #[derive(Default)]
 pub struct Rollup {
     rows: Vec<Row>,
+    /// Rows found not stored after all, by index in `rows`.
+    not_stored: Vec<bool>,
     elements: Vec<Element>,
     metric_types: Vec<String>,
 }
@@ -103,28 +112,33 @@ impl Rollup {
                 }
             };
             self.rows.push(Row {
-                ordinal,
-                measurement,
-                element: index,
-                type_index,
+                ordinal: ordinal as u32,
+                measurement: measurement as u16,
+                type_index: type_index as u16,
+                element: index as u32,
                 unix_day,
                 value: m.value,
-                stored: true,
             });
         }
+        let session = context.session_id.as_ref().map(|session_id| {
+            [
+                Some(session_id.clone()),
+                context.device_id.clone(),
+                context.app_version.clone(),
+                context.platform.clone(),
+                context.location.clone(),
+            ]
+        });
+        let profile = (!context.profile.is_empty()).then(|| context.profile.clone());
         self.elements.push(Element {
             unix_us: context.unix_us,
-            user_id: context.user_id.clone(),
-            session: context.session_id.as_ref().map(|session_id| {
-                [
-                    Some(session_id.clone()),
-                    context.device_id.clone(),
-                    context.app_version.clone(),
-                    context.platform.clone(),
-                    context.location.clone(),
-                ]
+            about: (session.is_some() || profile.is_some()).then(|| {
+                Box::new(About {
+                    user_id: context.user_id.clone(),
+                    session,
+                    profile,
+                })
             }),
-            profile: context.profile.clone(),
             refused: false,
         });
     }
@@ -132,13 +146,17 @@ impl Rollup {
     /// Row `measurement` of element `ordinal` was not stored: it repeats a
     /// stored event (`refused` false) or was refused (a conflict, a trigger).
     pub fn not_stored(&mut self, ordinal: usize, measurement: usize, refused: bool) {
+        let key = (ordinal as u32, measurement as u16);
         let found = self
             .rows
-            .binary_search_by(|r| (r.ordinal, r.measurement).cmp(&(ordinal, measurement)));
+            .binary_search_by(|r| (r.ordinal, r.measurement).cmp(&key));
         if let Ok(i) = found {
-            self.rows[i].stored = false;
+            if self.not_stored.is_empty() {
+                self.not_stored = vec![false; self.rows.len()];
+            }
+            self.not_stored[i] = true;
             if refused {
-                let element = self.rows[i].element;
+                let element = self.rows[i].element as usize;
                 self.elements[element].refused = true;
             }
         }
@@ -149,10 +167,11 @@ impl Rollup {
     }
 
     pub fn finish(self) -> Summary {
-        let mut daily: HashMap<(i32, usize), DailyPart> = HashMap::new();
+        let mut daily: HashMap<(i32, u16), DailyPart> = HashMap::new();
         let mut stored_rows = vec![0i64; self.elements.len()];
-        for row in self.rows.iter().filter(|r| r.stored) {
-            stored_rows[row.element] += 1;
+        let stored = |i: usize| self.not_stored.get(i) != Some(&true);
+        for (_, row) in self.rows.iter().enumerate().filter(|(i, _)| stored(*i)) {
+            stored_rows[row.element as usize] += 1;
             daily
                 .entry((row.unix_day, row.type_index))
                 .and_modify(|d| {
@@ -163,7 +182,7 @@ impl Rollup {
                 })
                 .or_insert_with(|| DailyPart {
                     unix_day: row.unix_day,
-                    metric_type: self.metric_types[row.type_index].clone(),
+                    metric_type: self.metric_types[row.type_index as usize].clone(),
                     samples: 1,
                     total: row.value,
                     min: row.value,
@@ -174,15 +193,18 @@ impl Rollup {
         let mut sessions: HashMap<(&str, &str), SessionPart> = HashMap::new();
         let mut profiles: HashMap<&str, (ProfilePart, i64, i64)> = HashMap::new();
         for (element, &count) in self.elements.iter().zip(&stored_rows) {
+            let Some(about) = element.about.as_deref() else {
+                continue;
+            };
             if let (Some([Some(session_id), device_id, app_version, platform, location]), true) =
-                (&element.session, count > 0)
+                (&about.session, count > 0)
             {
                 let values = [device_id, app_version, platform, location];
                 sessions
-                    .entry((element.user_id.as_str(), session_id.as_str()))
+                    .entry((about.user_id.as_str(), session_id.as_str()))
                     .and_modify(|s| s.merge(element.unix_us, count, values))
                     .or_insert_with(|| SessionPart {
-                        user_id: element.user_id.clone(),
+                        user_id: about.user_id.clone(),
                         session_id: session_id.clone(),
                         start_us: element.unix_us,
                         end_us: element.unix_us,
@@ -193,15 +215,15 @@ impl Rollup {
                         location: location.clone(),
                     });
             }
-            if element.refused || element.profile.is_empty() {
+            let Some(profile) = about.profile.as_ref().filter(|_| !element.refused) else {
                 continue;
-            }
+            };
             // Elements come in ordinal order: on equal times the later one wins.
             let (part, name_us, email_us) =
-                profiles.entry(element.user_id.as_str()).or_insert_with(|| {
+                profiles.entry(about.user_id.as_str()).or_insert_with(|| {
                     (
                         ProfilePart {
-                            user_id: element.user_id.clone(),
+                            user_id: about.user_id.clone(),
                             time_us: i64::MIN,
                             name: None,
                             email: None,
@@ -217,11 +239,11 @@ impl Rollup {
                     true
                 }
             };
-            if newer(&element.profile.name, name_us) {
-                part.name = element.profile.name.clone();
+            if newer(&profile.name, name_us) {
+                part.name = profile.name.clone();
             }
-            if newer(&element.profile.email, email_us) {
-                part.email = element.profile.email.clone();
+            if newer(&profile.email, email_us) {
+                part.email = profile.email.clone();
             }
         }
 

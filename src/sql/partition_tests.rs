@@ -220,7 +220,10 @@ mod tests {
         // Dead letters by age, when asked for.
         run("UPDATE metrics_ingest.rejected SET rejected_at = now() - interval '100 days'");
         run("SELECT metrics_ingest.set_rejected_retention('90 days')");
-        let done = text("SELECT string_agg(action || ': ' || detail, '; ') FROM metrics_ingest.run_maintenance()");
+        let done = text(
+            "SELECT string_agg(action || ': ' || detail, '; ') FROM metrics_ingest.run_maintenance() \
+             WHERE action NOT LIKE 'compacted%'",
+        );
         assert!(
             done.starts_with("deleted dead letters: 1 rejected before"),
             "{done}"
