@@ -1860,3 +1860,42 @@ fn upgrade_from_0_2_0_moves_profiles_to_users_and_fills_the_rollups() {
     );
     assert_rollups_exact(&mut c, "after the upgrade and a new call");
 }
+
+/// Batches larger than one flush of the writer (thousands of elements), re-sent in
+/// part: the rollups count each stored row once, across flushes.
+#[test]
+fn large_batches_resent_in_part_count_each_row_once() {
+    let db = TestDb::new("rollups_large_resend");
+    let mut c = db.connect();
+    let events: Vec<String> = Generator::new(5).take(4_000).map(|e| e.json()).collect();
+    let first = format!("[{}]", events[..2_500].join(","));
+    let overlapping = format!("[{}]", events[1_250..].join(","));
+    let statuses = |outcomes: Vec<Outcome>| {
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for o in outcomes {
+            *by.entry(o.status).or_default() += 1;
+        }
+        by
+    };
+    let got = statuses(
+        ingest_with(&mut c, &first, Via::Text, "reject")
+            .unwrap_or_else(|e| panic!("first batch: {}", error_text(&e))),
+    );
+    assert_eq!(got, BTreeMap::from([("inserted".to_string(), 2_500)]));
+    let got = statuses(
+        ingest_with(&mut c, &overlapping, Via::Text, "reject")
+            .unwrap_or_else(|e| panic!("the overlapping batch: {}", error_text(&e))),
+    );
+    assert_eq!(
+        got,
+        BTreeMap::from([
+            ("duplicate".to_string(), 1_250),
+            ("inserted".to_string(), 1_500)
+        ])
+    );
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM metrics_ingest.metrics"),
+        4_000
+    );
+    assert_rollups_exact(&mut c, "after a large batch re-sent in part");
+}
