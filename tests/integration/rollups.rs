@@ -1899,3 +1899,40 @@ fn large_batches_resent_in_part_count_each_row_once() {
     );
     assert_rollups_exact(&mut c, "after a large batch re-sent in part");
 }
+
+/// metrics_ingest_reader must not read name or email: not from users, and not from
+/// the dead letters either, which keep rejected elements verbatim.
+#[test]
+fn the_reader_reads_no_name_or_email_in_dead_letters() {
+    let db = TestDb::new("rollups_reader_dead_letters");
+    let reader = TestRole::new(&db, "reader", "IN ROLE metrics_ingest_reader");
+    let mut admin = db.connect();
+    let outcome = ingest(
+        &mut admin,
+        r#"[{"user_id":"dl","timestamp":"2024-01-01T00:00:00Z","talked_time":-1,"name":"Ada Lovelace","email":"ada@example.com"}]"#,
+    );
+    assert_eq!(outcome[0].status, "rejected");
+    assert_eq!(
+        count(
+            &mut admin,
+            "SELECT count(*) FROM metrics_ingest.rejected WHERE element LIKE '%ada@example.com%'"
+        ),
+        1,
+        "the dead letter keeps the element as received"
+    );
+    let mut c = db.connect_as(reader.name());
+    // A refusal (42501) or no personal data in what the reader can read.
+    for sql in [
+        "SELECT count(*) FROM metrics_ingest.rejected WHERE element LIKE '%ada@example.com%'",
+        "SELECT count(*) FROM metrics_ingest.rejected WHERE element LIKE '%Ada Lovelace%'",
+    ] {
+        match c.query_one(sql, &[]) {
+            Ok(row) => assert_eq!(
+                row.get::<_, i64>(0),
+                0,
+                "metrics_ingest_reader reads a name or email in rejected.element: {sql}"
+            ),
+            Err(e) => assert_eq!(sqlstate(&e), "42501", "{sql}: {}", error_text(&e)),
+        }
+    }
+}
