@@ -391,7 +391,7 @@ fn client_work(config: &Config, t: usize, batches: &[Batch]) -> ClientLog {
             order.push(b);
         }
         if let Some(&b) = resent.get(round) {
-            if (round + t) % 2 == 0 {
+            if (round + t).is_multiple_of(2) {
                 order.push(b);
             } else {
                 order.insert(0, b);
