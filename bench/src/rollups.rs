@@ -96,6 +96,13 @@ impl SessionStats {
         s.2 += 1;
     }
 
+    /// The users with at least one session, sorted.
+    pub fn users(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&String> =
+            self.sessions.keys().map(|(u, _)| u).collect();
+        set.into_iter().cloned().collect()
+    }
+
     pub fn of(events: &[Event]) -> SessionStats {
         let mut s = SessionStats::default();
         for e in events {
@@ -399,7 +406,8 @@ pub struct DashboardRuns {
     pub group_by: usize,
     /// one user's sessions: timed queries
     pub sessions: usize,
-    pub users: usize,
+    /// users to pick from for one user's sessions (those who have sessions)
+    pub users: Vec<String>,
     pub seed: u64,
     /// Also check the sessions view against metrics (a GROUP BY of every row).
     pub check_sessions: bool,
@@ -506,7 +514,10 @@ pub fn dashboard(
         &[Type::TEXT],
     )?;
     let mut rng = Rng::new(runs.seed ^ 0x7365_7373_696f_6e73);
-    let mut pick = || format!("user-{:06}", rng.below(runs.users as u64) + 1);
+    if runs.users.is_empty() {
+        return Err("no user has a session".into());
+    }
+    let mut pick = || rng.pick(&runs.users).clone();
     for _ in 0..10 {
         c.query(&stmt, &[&pick()])?;
     }
@@ -532,9 +543,11 @@ pub fn dashboard(
         sessions_per_query: got as f64 / ms.len() as f64,
     };
     println!(
-        "  one user's sessions (`SELECT * FROM metrics_ingest.sessions WHERE user_id = $1`), {} random users: \
+        "  one user's sessions (`SELECT * FROM metrics_ingest.sessions WHERE user_id = $1`), {} random users \
+         of the {} who have sessions: \
          p50 {:.2} ms, p95 {:.2} ms; {:.1} sessions per user",
         ms.len(),
+        fmt_int(runs.users.len() as f64),
         d.sessions_ms,
         d.sessions_p95_ms,
         d.sessions_per_query
