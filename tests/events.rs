@@ -36,9 +36,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postgres::types::{ToSql, Type};
 
 /// The `metrics` columns every loading path writes, in the order of
-/// [`Event::write_csv`] and [`Event::insert_params`].
+/// [`Event::write_csv`] and [`Event::insert_params`]. `attributes` holds the
+/// event's platform, as ingest_json and insert_metric keep it (0.3.0 reads the
+/// field for `sessions` and stores it there: metrics has no platform column).
 pub const COPY_COLUMNS: &str = "\"timestamp\", user_id, session_id, metric_type, metric_value, \
-     metric_label, device_id, app_version, location, sentiment_score, event_id, platform";
+     metric_label, device_id, app_version, location, sentiment_score, event_id, attributes";
 
 /// The columns that define "the same row" when comparing what two paths stored.
 pub const COMPARED_COLUMNS: &str = COPY_COLUMNS;
@@ -48,10 +50,10 @@ pub const SEED000_COLUMNS: &str = "\"timestamp\", user_id, session_id, metric_ty
      device_id, app_version, location, sentiment_score";
 
 /// A prepared single-row INSERT into `table` (which has the `metrics` columns);
-/// parameter types are [`INSERT_TYPES`].
+/// parameter types are [`INSERT_TYPES`] (attributes sent as text).
 pub fn insert_sql(table: &str) -> String {
     format!(
-        "INSERT INTO {table} ({COPY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+        "INSERT INTO {table} ({COPY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)"
     )
 }
 
@@ -231,7 +233,8 @@ pub struct Event {
     pub value: MetricValue,
     pub device_id: Option<String>,
     pub app_version: Option<String>,
-    /// The device's platform (a `metrics` column from 0.3.0).
+    /// The device's platform (a field of its own from 0.3.0, read for
+    /// `sessions`; stored in `attributes`, as `{"platform": ...}`).
     pub platform: Option<&'static str>,
     pub location: Option<&'static str>,
     pub sentiment_score: Option<Decimal>,
@@ -734,6 +737,7 @@ pub struct InsertParams<'e> {
     metric_value: f64,
     metric_label: Option<&'static str>,
     sentiment_score: Option<f64>,
+    attributes: Option<String>,
 }
 
 impl<'e> InsertParams<'e> {
@@ -752,7 +756,7 @@ impl<'e> InsertParams<'e> {
             &e.location,
             &self.sentiment_score,
             &e.event_id,
-            &e.platform,
+            &self.attributes,
         ]
     }
 }
@@ -820,7 +824,7 @@ impl Event {
             MetricValue::Number(d) => d.write(out),
             MetricValue::Label { label, .. } => write_json_str(out, label),
         }
-        self.write_json_context(out, true);
+        self.write_json_context(out, false);
     }
 
     /// A JSON object with the `metrics` columns, for `json_populate_recordset`:
@@ -836,15 +840,23 @@ impl Event {
         out.push_str(",\"metric_value\":");
         self.value.stored().write(out);
         json_field_str(out, "metric_label", self.value.label());
-        self.write_json_context(out, false);
+        self.write_json_context(out, true);
     }
 
-    fn write_json_context(&self, out: &mut String, with_profile: bool) {
+    /// The context fields: as an element (`row` false: platform, name and
+    /// email as fields) or as a `metrics` row (platform in `attributes`).
+    fn write_json_context(&self, out: &mut String, row: bool) {
         json_field_str(out, "device_id", self.device_id.as_deref());
         json_field_str(out, "app_version", self.app_version.as_deref());
-        json_field_str(out, "platform", self.platform);
+        if row {
+            if let Some(a) = self.attributes() {
+                let _ = write!(out, ",\"attributes\":{a}");
+            }
+        } else {
+            json_field_str(out, "platform", self.platform);
+        }
         json_field_str(out, "location", self.location);
-        if let (true, Some((name, email))) = (with_profile, &self.profile) {
+        if let (false, Some((name, email))) = (row, &self.profile) {
             json_field_str(out, "name", Some(name));
             json_field_str(out, "email", Some(email));
         }
@@ -883,7 +895,7 @@ impl Event {
         }
         out.push(',');
         write_csv_str(out, &self.event_id);
-        csv_opt_str(out, self.platform);
+        csv_opt_str(out, self.attributes().as_deref());
         out.push('\n');
     }
 
@@ -919,6 +931,7 @@ impl Event {
             metric_value: self.value.stored().to_f64(),
             metric_label: self.value.label(),
             sentiment_score: self.sentiment_score.map(Decimal::to_f64),
+            attributes: self.attributes(),
         }
     }
 
@@ -936,6 +949,17 @@ impl Event {
             sentiment_score: self.sentiment_score.map(Decimal::to_f64),
             attributes: self.call_attributes(),
         }
+    }
+
+    /// What the `attributes` column stores for this event: `{"platform": ...}`,
+    /// or None without a platform.
+    pub fn attributes(&self) -> Option<String> {
+        self.platform.map(|p| {
+            let mut s = String::from("{\"platform\":");
+            write_json_str(&mut s, p);
+            s.push('}');
+            s
+        })
     }
 
     /// insert_metric's `attributes` argument: the fields it has no argument

@@ -208,14 +208,15 @@ pub fn check_users(c: &mut Client, expected: &BTreeMap<&str, (&str, &str)>) -> R
     }))
 }
 
-/// The contract's exact equivalent of the sessions view over metrics.
+/// The contract's exact equivalent of the sessions view over metrics (platform
+/// is kept in attributes; the view picks the greatest value by COLLATE "C").
 const SESSIONS_FROM_METRICS: &str = "\
     SELECT user_id, session_id, min(\"timestamp\") AS start_time, max(\"timestamp\") AS end_time, \
            count(*)::bigint AS metric_count, \
-           max(device_id) FILTER (WHERE \"timestamp\" = last) AS device_id, \
-           max(app_version) FILTER (WHERE \"timestamp\" = last) AS app_version, \
-           max(platform) FILTER (WHERE \"timestamp\" = last) AS platform, \
-           max(location) FILTER (WHERE \"timestamp\" = last) AS location \
+           max(device_id COLLATE \"C\") FILTER (WHERE \"timestamp\" = last) AS device_id, \
+           max(app_version COLLATE \"C\") FILTER (WHERE \"timestamp\" = last) AS app_version, \
+           max((attributes ->> 'platform') COLLATE \"C\") FILTER (WHERE \"timestamp\" = last) AS platform, \
+           max(location COLLATE \"C\") FILTER (WHERE \"timestamp\" = last) AS location \
     FROM (SELECT *, max(\"timestamp\") OVER (PARTITION BY user_id, session_id) AS last \
           FROM metrics_ingest.metrics WHERE session_id IS NOT NULL) m \
     GROUP BY user_id, session_id";
