@@ -1437,6 +1437,25 @@ fn run_compare(o: Opts) -> Res<i32> {
         Method::Copy,
         Some(0.9),
     );
+    {
+        // Within a round the two run minutes apart at most: their ratio follows
+        // the machine's load less than the ratio of medians over all rounds.
+        let per_round: Vec<f64> = rates[&Method::IngestJson]
+            .iter()
+            .zip(&rates[&Method::Copy])
+            .map(|(a, b)| a / b)
+            .collect();
+        println!(
+            "  {:<58} {:>6.2}   (information: per round {})",
+            "ingest_json / COPY, median of the rounds' own ratios",
+            median(&per_round),
+            per_round
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if let Some(p) = parts.get(&Method::IngestJson) {
         println!(
             "  with users, sessions and daily totals maintained: a run of {} rows in {} ingest_json calls \
