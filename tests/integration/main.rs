@@ -13,6 +13,7 @@ mod load;
 mod partitions;
 mod pipelines;
 mod repeats;
+mod rollups;
 mod security;
 mod support;
 mod upgrade;
