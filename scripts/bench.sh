@@ -4,7 +4,8 @@
 # compare (the default): rows/s of ingest_json and insert_metric against COPY,
 # json_populate_recordset and single-row INSERTs on the same generated rows into
 # tables partitioned like metrics_ingest.metrics, plus the memory of one large
-# ingest_json call:
+# ingest_json call. ingest_json also keeps users, sessions and daily totals
+# (issue 9); the rows it wrote for them are printed beside its ratio:
 #
 #   ./scripts/bench.sh                     full comparison (3 to 5 minutes on 2 cores)
 #   ./scripts/bench.sh --quick             smoke test (~20 s)
@@ -12,7 +13,10 @@
 #
 # scale: ingest_json into the partitioned table and into an unpartitioned copy,
 # rows/s per million rows; retention by run_maintenance() against DELETE +
-# VACUUM; one user's day by query, p50/p95 (./scripts/bench.sh scale --help):
+# VACUUM; one user's day by query, p50/p95; the dashboard (issue 9): a month of
+# daily_totals against the same GROUP BY over metrics, before and after
+# run_maintenance() compacts the rollups, and one user's sessions, p50
+# (./scripts/bench.sh scale --help):
 #
 #   ./scripts/bench.sh scale               small run (200,000 rows; under a minute)
 #   ./scripts/bench.sh scale --full        THE FULL SCALE RUN: 20,000,000 rows into

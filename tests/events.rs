@@ -4,9 +4,13 @@
 //! every machine): thousands of users and sessions, the four built-in metric
 //! types, ISO 8601 timestamps in UTC with `Z`, locations with non-ASCII letters
 //! (São Paulo, Zürich, Kraków, 東京, ...) and a few with commas and quotes,
-//! device ids, app versions, sentiment scores and a unique `event_id` per event.
-//! A small share of events leave optional fields out (no session, no device,
-//! no location, no sentiment score), so NULL handling is exercised too.
+//! device ids, platforms, app versions, sentiment scores and a unique
+//! `event_id` per event. Events come in realistic sessions (a few dozen events
+//! over minutes, one device, platform, app version and location each; see
+//! [`Generator`]), and a share carry the user's `name` and `email` as seed 003's
+//! clients send them. A small share of events leave optional fields out (no
+//! session, no device, no platform, no location, no sentiment score), so NULL
+//! handling is exercised too.
 //!
 //! One [`Event`] renders as
 //! * a JSON element for `metrics_ingest.ingest_json` ([`Event::write_json`]),
@@ -32,9 +36,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use postgres::types::{ToSql, Type};
 
 /// The `metrics` columns every loading path writes, in the order of
-/// [`Event::write_csv`] and [`Event::insert_params`].
+/// [`Event::write_csv`] and [`Event::insert_params`]. `attributes` holds the
+/// event's platform, as ingest_json and insert_metric keep it (0.3.0 reads the
+/// field for `sessions` and stores it there: metrics has no platform column).
 pub const COPY_COLUMNS: &str = "\"timestamp\", user_id, session_id, metric_type, metric_value, \
-     metric_label, device_id, app_version, location, sentiment_score, event_id";
+     metric_label, device_id, app_version, location, sentiment_score, event_id, attributes";
 
 /// The columns that define "the same row" when comparing what two paths stored.
 pub const COMPARED_COLUMNS: &str = COPY_COLUMNS;
@@ -44,14 +50,14 @@ pub const SEED000_COLUMNS: &str = "\"timestamp\", user_id, session_id, metric_ty
      device_id, app_version, location, sentiment_score";
 
 /// A prepared single-row INSERT into `table` (which has the `metrics` columns);
-/// parameter types are [`INSERT_TYPES`].
+/// parameter types are [`INSERT_TYPES`] (attributes sent as text).
 pub fn insert_sql(table: &str) -> String {
     format!(
-        "INSERT INTO {table} ({COPY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+        "INSERT INTO {table} ({COPY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)"
     )
 }
 
-pub const INSERT_TYPES: [Type; 11] = [
+pub const INSERT_TYPES: [Type; 12] = [
     Type::TIMESTAMPTZ,
     Type::TEXT,
     Type::TEXT,
@@ -62,13 +68,15 @@ pub const INSERT_TYPES: [Type; 11] = [
     Type::TEXT,
     Type::TEXT,
     Type::FLOAT8,
+    Type::TEXT,
     Type::TEXT,
 ];
 
-/// `CALL insert_metric` with a number as metric_value (the float8 overload).
+/// `CALL insert_metric` with a number as metric_value (the float8 overload);
+/// platform, name and email go in `attributes` (the 11th argument, sent as text).
 pub const CALL_NUMBER_SQL: &str =
-    "CALL metrics_ingest.insert_metric($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
-pub const CALL_NUMBER_TYPES: [Type; 10] = [
+    "CALL metrics_ingest.insert_metric($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb)";
+pub const CALL_NUMBER_TYPES: [Type; 11] = [
     Type::TIMESTAMPTZ,
     Type::TEXT,
     Type::TEXT,
@@ -78,11 +86,12 @@ pub const CALL_NUMBER_TYPES: [Type; 10] = [
     Type::TEXT,
     Type::TEXT,
     Type::FLOAT8,
+    Type::TEXT,
     Type::TEXT,
 ];
 /// `CALL insert_metric` with a label as metric_value (the text overload).
 pub const CALL_TEXT_SQL: &str = CALL_NUMBER_SQL;
-pub const CALL_TEXT_TYPES: [Type; 10] = [
+pub const CALL_TEXT_TYPES: [Type; 11] = [
     Type::TIMESTAMPTZ,
     Type::TEXT,
     Type::TEXT,
@@ -92,6 +101,7 @@ pub const CALL_TEXT_TYPES: [Type; 10] = [
     Type::TEXT,
     Type::TEXT,
     Type::FLOAT8,
+    Type::TEXT,
     Type::TEXT,
 ];
 
@@ -223,8 +233,15 @@ pub struct Event {
     pub value: MetricValue,
     pub device_id: Option<String>,
     pub app_version: Option<String>,
+    /// The device's platform (a field of its own from 0.3.0, read for
+    /// `sessions`; stored in `attributes`, as `{"platform": ...}`).
+    pub platform: Option<&'static str>,
     pub location: Option<&'static str>,
     pub sentiment_score: Option<Decimal>,
+    /// The user's `name` and `email`, sent with this event (seed 003's
+    /// clients do); the same for every event of a user. Not a `metrics` column:
+    /// ingest_json and insert_metric keep them in `metrics_ingest.users`.
+    pub profile: Option<(String, String)>,
     pub event_id: String,
 }
 
@@ -287,34 +304,80 @@ const APP_VERSIONS: [&str; 12] = [
     "3.0.0",
 ];
 
-const DEVICE_KINDS: [&str; 8] = [
-    "ios-iPhone14,5",
-    "ios-iPhone15,2",
-    "ios-iPad13,4",
-    "android-Pixel7",
-    "android-SM-S911B",
-    "android-Moto-g84",
-    "web-chrome",
-    "desktop-macos",
+/// Device kinds and the platform each one reports.
+const DEVICE_KINDS: [(&str, &str); 8] = [
+    ("ios-iPhone14,5", "iOS"),
+    ("ios-iPhone15,2", "iOS"),
+    ("ios-iPad13,4", "iPadOS"),
+    ("android-Pixel7", "Android"),
+    ("android-SM-S911B", "Android"),
+    ("android-Moto-g84", "Android"),
+    ("web-chrome", "Web"),
+    ("desktop-macos", "macOS"),
 ];
+
+/// Given names and family names of the users' profiles (seed 003 sends `name`
+/// and `email`), non-ASCII letters included.
+const GIVEN_NAMES: [&str; 16] = [
+    "Ana", "João", "Zoë", "Łukasz", "Søren", "Aiko", "Hyun-woo", "Olumide", "Priya", "Chloé",
+    "Mateo", "Ingrid", "Dmitri", "Fatima", "Liam", "Mei",
+];
+const FAMILY_NAMES: [&str; 16] = [
+    "Silva",
+    "Müller",
+    "Kowalski",
+    "O'Brien",
+    "García",
+    "Nakamura",
+    "Kim",
+    "Okafor",
+    "Sharma",
+    "Dubois",
+    "Rossi",
+    "Johansson",
+    "Ivanova",
+    "Haddad",
+    "Nguyen",
+    "Smith",
+];
+const EMAIL_DOMAINS: [&str; 4] = ["example.com", "example.org", "example.net", "mail.example"];
 
 const SENTIMENT_LABELS: [(&str, i64); 3] = [("negative", -1), ("neutral", 0), ("positive", 1)];
 
 /// 2024-08-01T00:00:00Z in milliseconds.
 const START_UNIX_MS: i64 = 1_722_470_400_000;
 
+/// Events per session: uniform in this range (a few dozen; 36 on average).
+pub const SESSION_EVENTS: (i64, i64) = (12, 60);
+/// Session length in milliseconds: uniform in 2 to 30 minutes.
+pub const SESSION_MS: (i64, i64) = (120_000, 1_800_000);
+
+#[derive(Debug, Clone)]
+struct Device {
+    id: String,
+    platform: &'static str,
+}
+
 #[derive(Debug, Clone)]
 struct User {
     id: String,
-    device_id: String,
+    /// One or two devices; each session uses one.
+    devices: Vec<Device>,
     app_version: &'static str,
-    location: &'static str,
+    /// Where the user usually is; a session elsewhere now and then.
+    home: &'static str,
+    name: String,
+    email: String,
 }
 
+/// What every event of one session shares.
 #[derive(Debug, Clone)]
 struct Session {
     id: String,
     user: usize,
+    device: usize,
+    location: &'static str,
+    /// Events of the session not yet emitted.
     remaining: u32,
 }
 
@@ -322,34 +385,52 @@ struct Session {
 #[derive(Debug, Clone, Copy)]
 pub struct GeneratorConfig {
     pub users: usize,
-    /// Sessions open at any time; each lasts 4 to 40 events, then a new one
-    /// (of a random user) takes its place.
-    pub concurrent_sessions: usize,
-    /// Event time moves forward 0 to this many milliseconds per event (uniform),
-    /// half of it on average: 150 gives ~48,000 events per hour of event time.
-    pub max_step_ms: u32,
+    /// Events per day of event time, on average. Sessions start at random
+    /// moments (one every 86,400,000 x 36 / events_per_day ms on average), each
+    /// with [`SESSION_EVENTS`] events spread over [`SESSION_MS`]; the events of
+    /// the sessions open at a moment interleave in time order.
+    pub events_per_day: u64,
+    /// Percent of events that carry the user's `name` and `email` (seed 003's
+    /// clients send them with every event; others never do).
+    pub profile_percent: u64,
 }
 
 impl Default for GeneratorConfig {
     fn default() -> Self {
         GeneratorConfig {
             users: 5_000,
-            concurrent_sessions: 1_000,
-            max_step_ms: 150,
+            // ~48,000 events per hour of event time
+            events_per_day: 1_152_000,
+            profile_percent: 20,
         }
     }
 }
 
-/// An endless, deterministic stream of events: `Generator::new(seed).take(n)`.
+/// An endless, deterministic stream of events in time order:
+/// `Generator::new(seed).take(n)`.
+///
+/// Events come in sessions: a session belongs to one user (a tenth of the users
+/// are heavy users who start half of all sessions, so some users have several
+/// sessions a day), lasts 2 to 30 minutes and has 12 to 60 events spread over
+/// it, all with one device (and its platform), app version and location. A
+/// small share of events leave optional fields out (no session, no device, no
+/// platform, no app version, no location, no sentiment score).
 #[derive(Debug, Clone)]
 pub struct Generator {
     rng: Rng,
     id_key: u64,
     users: Vec<User>,
-    sessions: Vec<Session>,
+    heavy_users: Vec<usize>,
+    profile_percent: u64,
+    /// Open sessions by their number.
+    sessions: std::collections::HashMap<u64, Session>,
+    /// Pending events of the open sessions: (unix ms, session number, event number).
+    pending: std::collections::BinaryHeap<std::cmp::Reverse<(i64, u64, u32)>>,
     sessions_started: u64,
-    clock_ms: i64,
-    max_step_ms: i64,
+    /// When the next session starts (ms, fractional).
+    next_start_ms: f64,
+    /// Mean time between session starts (ms).
+    start_gap_ms: f64,
     index: u64,
 }
 
@@ -359,46 +440,94 @@ impl Generator {
     }
 
     pub fn with_config(seed: u64, config: GeneratorConfig) -> Generator {
-        assert!(config.users > 0 && config.concurrent_sessions > 0);
+        assert!(config.users > 0 && config.events_per_day > 0);
         let mut rng = Rng::new(seed ^ 0x6D65_7472_6963_7321);
         let id_key = rng.next_u64();
-        let users = (0..config.users)
+        let users: Vec<User> = (0..config.users)
             .map(|i| {
-                let device_serial = rng.next_u64();
+                let devices = (0..1 + u64::from(rng.chance(30)))
+                    .map(|_| {
+                        let serial = rng.next_u64();
+                        let (kind, platform) = *rng.pick(&DEVICE_KINDS);
+                        Device {
+                            id: format!("{kind}-{:012x}", serial >> 16),
+                            platform,
+                        }
+                    })
+                    .collect();
+                let given = *rng.pick(&GIVEN_NAMES);
+                let family = *rng.pick(&FAMILY_NAMES);
+                let domain = *rng.pick(&EMAIL_DOMAINS);
                 User {
                     id: format!("user-{:06}", i + 1),
-                    device_id: format!("{}-{:012x}", rng.pick(&DEVICE_KINDS), device_serial >> 16),
+                    devices,
                     app_version: rng.pick::<&str>(&APP_VERSIONS),
-                    location: rng.pick::<&str>(&LOCATIONS),
+                    home: rng.pick::<&str>(&LOCATIONS),
+                    name: format!("{given} {family}"),
+                    // ASCII local part, unique per user
+                    email: format!("user.{:06}@{domain}", i + 1),
                 }
             })
             .collect();
-        let mut generator = Generator {
+        let heavy = (config.users / 10).max(1);
+        let heavy_users = (0..heavy)
+            .map(|_| rng.below(config.users as u64) as usize)
+            .collect();
+        let mean_events = (SESSION_EVENTS.0 + SESSION_EVENTS.1) as f64 / 2.0;
+        Generator {
             rng,
             id_key,
             users,
-            sessions: Vec::with_capacity(config.concurrent_sessions),
+            heavy_users,
+            profile_percent: config.profile_percent,
+            sessions: std::collections::HashMap::new(),
+            pending: std::collections::BinaryHeap::new(),
             sessions_started: 0,
-            clock_ms: START_UNIX_MS,
-            max_step_ms: i64::from(config.max_step_ms),
+            next_start_ms: START_UNIX_MS as f64,
+            start_gap_ms: 86_400_000.0 * mean_events / config.events_per_day as f64,
             index: 0,
-        };
-        for _ in 0..config.concurrent_sessions {
-            let session = generator.new_session();
-            generator.sessions.push(session);
         }
-        generator
     }
 
-    fn new_session(&mut self) -> Session {
+    /// Opens a session at `start_ms`: its events are scheduled.
+    fn start_session(&mut self, start_ms: i64) {
         self.sessions_started += 1;
-        let user = self.rng.below(self.users.len() as u64) as usize;
-        Session {
-            // Bijective in the counter: session ids never repeat.
-            id: format!("sess-{:016x}", mix64(self.sessions_started ^ self.id_key)),
-            user,
-            remaining: self.rng.range(4, 40) as u32,
+        let number = self.sessions_started;
+        let rng = &mut self.rng;
+        let user = if rng.chance(50) {
+            *rng.pick(&self.heavy_users)
+        } else {
+            rng.below(self.users.len() as u64) as usize
+        };
+        let u = &self.users[user];
+        let device = rng.below(u.devices.len() as u64) as usize;
+        let location = if rng.chance(90) {
+            u.home
+        } else {
+            *rng.pick(&LOCATIONS)
+        };
+        let events = rng.range(SESSION_EVENTS.0, SESSION_EVENTS.1) as u32;
+        let length = rng.range(SESSION_MS.0, SESSION_MS.1);
+        // The first event at the start, the others spread over the session.
+        for i in 0..events {
+            let at = if i == 0 {
+                start_ms
+            } else {
+                start_ms + rng.range(1, length)
+            };
+            self.pending.push(std::cmp::Reverse((at, number, i)));
         }
+        self.sessions.insert(
+            number,
+            Session {
+                // Bijective in the counter: session ids never repeat.
+                id: format!("sess-{:016x}", mix64(number ^ self.id_key)),
+                user,
+                device,
+                location,
+                remaining: events,
+            },
+        );
     }
 
     /// A UUID-shaped id whose first 64 bits are a bijection of the event's
@@ -418,26 +547,34 @@ impl Generator {
 
     fn next_event(&mut self) -> Event {
         self.index += 1;
-        // Time moves forward 0 to max_step_ms (150 by default) per event; events of
-        // a session are interleaved with those of the other open sessions.
-        self.clock_ms += self.rng.range(0, self.max_step_ms);
-        let slot = self.rng.below(self.sessions.len() as u64) as usize;
-        let (session_id, user_index) = {
-            let s = &mut self.sessions[slot];
-            s.remaining -= 1;
-            (s.id.clone(), s.user)
-        };
-        if self.sessions[slot].remaining == 0 {
-            self.sessions[slot] = self.new_session();
+        // Start every session due before the next pending event.
+        while self
+            .pending
+            .peek()
+            .is_none_or(|std::cmp::Reverse((at, _, _))| *at as f64 > self.next_start_ms)
+        {
+            let start = self.next_start_ms.floor() as i64;
+            self.start_session(start);
+            self.next_start_ms += self.rng.below(2_000_001) as f64 / 1e6 * self.start_gap_ms;
         }
-        let user = self.users[user_index].clone();
+        let std::cmp::Reverse((clock_ms, number, _)) =
+            self.pending.pop().expect("a session was just started");
+        let (session_id, user_index, device, location) = {
+            let s = self.sessions.get_mut(&number).expect("the session is open");
+            s.remaining -= 1;
+            (s.id.clone(), s.user, s.device, s.location)
+        };
+        if self.sessions[&number].remaining == 0 {
+            self.sessions.remove(&number);
+        }
+        let user = &self.users[user_index];
         let rng = &mut self.rng;
 
         // Half the timestamps carry milliseconds, half are whole seconds.
         let unix_ms = if rng.chance(50) {
-            self.clock_ms
+            clock_ms
         } else {
-            self.clock_ms - self.clock_ms.rem_euclid(1000)
+            clock_ms - clock_ms.rem_euclid(1000)
         };
         let metric_type = match rng.below(100) {
             0..=34 => "talked_time",
@@ -468,25 +605,33 @@ impl Generator {
                 }
             }
         };
+        let device_ref = &user.devices[device];
         let session_id = (!rng.chance(2)).then_some(session_id);
-        let device_id = (!rng.chance(3)).then_some(user.device_id);
+        let device_id = (!rng.chance(3)).then(|| device_ref.id.clone());
+        let platform = (!rng.chance(3)).then_some(device_ref.platform);
         let app_version = (!rng.chance(3)).then(|| user.app_version.to_string());
-        let location = (!rng.chance(5)).then_some(user.location);
+        let location = (!rng.chance(5)).then_some(location);
         let sentiment_score = rng
             .chance(70)
             .then(|| Decimal::new(rng.range(-100, 100), 2));
+        let profile = rng
+            .chance(self.profile_percent)
+            .then(|| (user.name.clone(), user.email.clone()));
+        let user_id = user.id.clone();
         let event_id = self.event_id();
         Event {
             unix_us: unix_ms * 1000,
             timestamp: iso_utc_ms(unix_ms, unix_ms % 1000 != 0),
-            user_id: user.id,
+            user_id,
             session_id,
             metric_type,
             value,
             device_id,
             app_version,
+            platform,
             location,
             sentiment_score,
+            profile,
             event_id,
         }
     }
@@ -592,11 +737,12 @@ pub struct InsertParams<'e> {
     metric_value: f64,
     metric_label: Option<&'static str>,
     sentiment_score: Option<f64>,
+    attributes: Option<String>,
 }
 
 impl<'e> InsertParams<'e> {
     /// In [`COPY_COLUMNS`] order, typed as [`INSERT_TYPES`].
-    pub fn refs(&self) -> [&(dyn ToSql + Sync); 11] {
+    pub fn refs(&self) -> [&(dyn ToSql + Sync); 12] {
         let e = self.event;
         [
             &self.timestamp,
@@ -610,6 +756,7 @@ impl<'e> InsertParams<'e> {
             &e.location,
             &self.sentiment_score,
             &e.event_id,
+            &self.attributes,
         ]
     }
 }
@@ -630,11 +777,13 @@ pub struct CallParams<'e> {
     event: &'e Event,
     number: f64,
     sentiment_score: Option<f64>,
+    /// platform, name and email as a JSON object, or None when the event has none.
+    attributes: Option<String>,
 }
 
 impl<'e> CallParams<'e> {
     /// In insert_metric's argument order, typed as the overload's types.
-    pub fn refs(&self) -> [&(dyn ToSql + Sync); 10] {
+    pub fn refs(&self) -> [&(dyn ToSql + Sync); 11] {
         let e = self.event;
         let value: &(dyn ToSql + Sync) = match &e.value {
             MetricValue::Number(_) => &self.number,
@@ -651,6 +800,7 @@ impl<'e> CallParams<'e> {
             &e.location,
             &self.sentiment_score,
             &e.event_id,
+            &self.attributes,
         ]
     }
 }
@@ -674,7 +824,7 @@ impl Event {
             MetricValue::Number(d) => d.write(out),
             MetricValue::Label { label, .. } => write_json_str(out, label),
         }
-        self.write_json_context(out);
+        self.write_json_context(out, false);
     }
 
     /// A JSON object with the `metrics` columns, for `json_populate_recordset`:
@@ -690,13 +840,26 @@ impl Event {
         out.push_str(",\"metric_value\":");
         self.value.stored().write(out);
         json_field_str(out, "metric_label", self.value.label());
-        self.write_json_context(out);
+        self.write_json_context(out, true);
     }
 
-    fn write_json_context(&self, out: &mut String) {
+    /// The context fields: as an element (`row` false: platform, name and
+    /// email as fields) or as a `metrics` row (platform in `attributes`).
+    fn write_json_context(&self, out: &mut String, row: bool) {
         json_field_str(out, "device_id", self.device_id.as_deref());
         json_field_str(out, "app_version", self.app_version.as_deref());
+        if row {
+            if let Some(a) = self.attributes() {
+                let _ = write!(out, ",\"attributes\":{a}");
+            }
+        } else {
+            json_field_str(out, "platform", self.platform);
+        }
         json_field_str(out, "location", self.location);
+        if let (false, Some((name, email))) = (row, &self.profile) {
+            json_field_str(out, "name", Some(name));
+            json_field_str(out, "email", Some(email));
+        }
         if let Some(s) = self.sentiment_score {
             out.push_str(",\"sentiment_score\":");
             s.write(out);
@@ -732,6 +895,7 @@ impl Event {
         }
         out.push(',');
         write_csv_str(out, &self.event_id);
+        csv_opt_str(out, self.attributes().as_deref());
         out.push('\n');
     }
 
@@ -767,6 +931,7 @@ impl Event {
             metric_value: self.value.stored().to_f64(),
             metric_label: self.value.label(),
             sentiment_score: self.sentiment_score.map(Decimal::to_f64),
+            attributes: self.attributes(),
         }
     }
 
@@ -782,7 +947,45 @@ impl Event {
             event: self,
             number: self.value.stored().to_f64(),
             sentiment_score: self.sentiment_score.map(Decimal::to_f64),
+            attributes: self.call_attributes(),
         }
+    }
+
+    /// What the `attributes` column stores for this event: `{"platform": ...}`,
+    /// or None without a platform.
+    pub fn attributes(&self) -> Option<String> {
+        self.platform.map(|p| {
+            let mut s = String::from("{\"platform\":");
+            write_json_str(&mut s, p);
+            s.push('}');
+            s
+        })
+    }
+
+    /// insert_metric's `attributes` argument: the fields it has no argument
+    /// for (platform; name and email when the event carries them), or None.
+    fn call_attributes(&self) -> Option<String> {
+        if self.platform.is_none() && self.profile.is_none() {
+            return None;
+        }
+        let mut s = String::from("{");
+        let mut field = |key: &str, value: &str| {
+            if s.len() > 1 {
+                s.push(',');
+            }
+            write_json_str(&mut s, key);
+            s.push(':');
+            write_json_str(&mut s, value);
+        };
+        if let Some(p) = self.platform {
+            field("platform", p);
+        }
+        if let Some((name, email)) = &self.profile {
+            field("name", name);
+            field("email", email);
+        }
+        s.push('}');
+        Some(s)
     }
 }
 
@@ -844,6 +1047,90 @@ mod tests {
         }
         assert!(a.iter().any(|e| e.value.label().is_some()));
         assert!(a.iter().any(|e| e.location.is_none()));
+        assert!(a.iter().any(|e| e.platform.is_none()));
+    }
+
+    #[test]
+    fn sessions_and_profiles() {
+        use std::collections::HashMap;
+        let events = generate(5, 50_000);
+        // in time order, apart from whole-second truncation
+        for w in events.windows(2) {
+            assert!(w[1].unix_us + 1_000_000 > w[0].unix_us, "{w:?}");
+        }
+        // a session: one user, one device, platform, app version, location
+        // (where given); a few dozen events over minutes
+        type Seen = (
+            String,
+            Option<String>,
+            Option<&'static str>,
+            Option<&'static str>,
+            i64,
+            i64,
+            usize,
+        );
+        let mut sessions: HashMap<&str, Seen> = HashMap::new();
+        for e in &events {
+            let Some(id) = e.session_id.as_deref() else {
+                continue;
+            };
+            let s = sessions.entry(id).or_insert((
+                e.user_id.clone(),
+                None,
+                None,
+                None,
+                e.unix_us,
+                e.unix_us,
+                0,
+            ));
+            assert_eq!(s.0, e.user_id);
+            for (held, new) in [(&mut s.1, e.device_id.clone())] {
+                if new.is_some() {
+                    assert!(held.is_none() || *held == new, "{id}: {held:?} {new:?}");
+                    *held = new;
+                }
+            }
+            if e.platform.is_some() {
+                assert!(s.2.is_none() || s.2 == e.platform);
+                s.2 = e.platform;
+            }
+            if e.location.is_some() {
+                assert!(s.3.is_none() || s.3 == e.location);
+                s.3 = e.location;
+            }
+            s.4 = s.4.min(e.unix_us);
+            s.5 = s.5.max(e.unix_us);
+            s.6 += 1;
+        }
+        // sessions open at the end of the sample are cut short: look at
+        // those that started in the first half
+        let half = events[events.len() / 2].unix_us;
+        let done: Vec<&Seen> = sessions.values().filter(|s| s.4 < half).collect();
+        let mean = done.iter().map(|s| s.6).sum::<usize>() as f64 / done.len() as f64;
+        assert!((25.0..45.0).contains(&mean), "events per session {mean}");
+        let mut minutes: Vec<f64> = done.iter().map(|s| (s.5 - s.4) as f64 / 6e7).collect();
+        minutes.sort_by(f64::total_cmp);
+        let median = minutes[minutes.len() / 2];
+        assert!((5.0..25.0).contains(&median), "median session {median} min");
+        // several sessions of one user on one day
+        let mut per_user_day: HashMap<(&str, i64), usize> = HashMap::new();
+        for s in sessions.values() {
+            *per_user_day
+                .entry((s.0.as_str(), s.4 / 86_400_000_000))
+                .or_default() += 1;
+        }
+        assert!(per_user_day.values().any(|&n| n >= 3));
+        // name and email: on about a fifth of events, the same for every event of a user
+        let mut profiles: HashMap<&str, &(String, String)> = HashMap::new();
+        let mut with = 0;
+        for e in &events {
+            if let Some(p) = &e.profile {
+                with += 1;
+                assert!(p.1.contains('@'));
+                assert_eq!(*profiles.entry(&e.user_id).or_insert(p), p);
+            }
+        }
+        assert!((8_000..12_000).contains(&with), "{with}");
     }
 
     #[test]

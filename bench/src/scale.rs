@@ -11,6 +11,13 @@
 //!    ingest_json calls are timed (generating and rendering JSON is not).
 //! 2. Query: one user's metrics for one day, random users and days, p50/p95
 //!    latency, with the plan showing that one partition is read.
+//!    Dashboard (issue 9, rollups.rs): `run_maintenance()` compacts the rows the
+//!    load wrote into session_parts / daily_parts (what it did is printed, and a
+//!    month of daily_totals is timed once before it); then a month of
+//!    `daily_totals` p50 against the same GROUP BY over metrics (targets: a
+//!    ratio of at least 20, at most 100 ms at 20M rows), the two results must
+//!    be equal, and one user's `sessions` p50 (target: at most 5 ms at 20M
+//!    rows). The small run also checks the sessions view against metrics.
 //! 3. Retention: the oldest day dropped by `run_maintenance()` in (a) against
 //!    `DELETE` of the same rows plus the `VACUUM` it needs in (b) (after an
 //!    untimed VACUUM, so that the timed one does only the DELETE's work).
@@ -33,11 +40,14 @@ use metrics_ingest_tests::events::{self, Generator, GeneratorConfig, Rng};
 use postgres::types::Type;
 use postgres::{Client, Config, NoTls};
 
+use crate::rollups::{self, DashboardRuns, Parts, SessionStats};
 use crate::{fmt_int, loadavg, median, parse_count, print_machine, show, Res, ServerArgs};
 
 const DB_PARTITIONED: &str = "metrics_bench_partitioned";
 const DB_PLAIN: &str = "metrics_bench_unpartitioned";
 const DAY_US: i64 = 86_400_000_000;
+/// Percent of events that carry the user's name and email.
+const PROFILE_PERCENT: u64 = 20;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScaleArgs {
@@ -114,15 +124,15 @@ impl Scale {
         Ok(s)
     }
 
-    /// Events advance 0 to max_step_ms ms each, so max_step_ms / 2 on average:
-    /// a day of event time holds rows_per_day events.
+    /// Sessions start often enough that a day of event time holds rows_per_day
+    /// events; a fifth of the events carry the user's name and email.
     fn generator(&self) -> Generator {
         Generator::with_config(
             self.seed,
             GeneratorConfig {
                 users: self.users,
-                concurrent_sessions: (self.users / 10).max(1),
-                max_step_ms: (2 * 86_400_000 / self.rows_per_day) as u32,
+                events_per_day: self.rows_per_day as u64,
+                profile_percent: PROFILE_PERCENT,
             },
         )
     }
@@ -136,6 +146,8 @@ struct Load {
     wall_secs: f64,
     /// Generated rows per UTC day (days since 1970-01-01).
     per_day: BTreeMap<i64, i64>,
+    /// The generated sessions.
+    sessions: SessionStats,
 }
 
 impl Load {
@@ -235,6 +247,7 @@ fn load(c: &mut Client, s: &Scale, label: &str) -> Res<Load> {
         ingest_secs: 0.0,
         wall_secs: 0.0,
         per_day: BTreeMap::new(),
+        sessions: SessionStats::default(),
     };
     let started = Instant::now();
     let (mut done, mut step_rows, mut step_secs) = (0usize, 0usize, 0.0f64);
@@ -248,6 +261,7 @@ fn load(c: &mut Client, s: &Scale, label: &str) -> Res<Load> {
                 .per_day
                 .entry(e.unix_us.div_euclid(DAY_US))
                 .or_default() += 1;
+            result.sessions.add(e);
         }
         let json = events::json_array(&batch);
         drop(batch);
@@ -547,10 +561,15 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         fmt_int(s.step as f64)
     );
     println!(
-        "  events               {} users, {} open sessions, an event_id on each; event time from \
+        "  events               {} users, sessions of {} to {} events over {} to {} minutes (one device, \
+         platform, app version and location each; a tenth of the users start half the sessions), \
+         an event_id on each, name and email on {PROFILE_PERCENT}% of events; event time from \
          2024-08-01 00:00 UTC, {} rows per day on average ({:.1} days); seed {}",
         fmt_int(s.users as f64),
-        fmt_int((s.users / 10).max(1) as f64),
+        events::SESSION_EVENTS.0,
+        events::SESSION_EVENTS.1,
+        events::SESSION_MS.0 / 60_000,
+        events::SESSION_MS.1 / 60_000,
         fmt_int(s.rows_per_day as f64),
         days,
         s.seed
@@ -585,6 +604,18 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         gb(idx_a),
         parts_a
     );
+    for line in load_a.sessions.lines() {
+        println!("  sessions: {line}");
+    }
+    let rollup_rows = Parts::read(&mut a)?;
+    println!(
+        "  rollups written by the load: {}; metrics_ingest.users {} rows",
+        rollup_rows.describe(),
+        fmt_int(
+            a.query_one("SELECT count(*) FROM metrics_ingest.users", &[])?
+                .get::<_, i64>(0) as f64
+        )
+    );
     let (p, sum_a) = check_rows(&mut a, "(a)", &load_a, !s.full)?;
     problems.extend(p);
     a.batch_execute("ANALYZE metrics_ingest.metrics")?;
@@ -611,6 +642,23 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         "  (a) {} queries: p50 {:.2} ms, p95 {:.2} ms, max {:.2} ms; {:.1} rows per query",
         s.queries, q_a.p50, q_a.p95, q_a.max, q_a.rows_per_query
     );
+
+    println!();
+    println!("dashboard (a): daily_totals and sessions after run_maintenance() compacts the load's rollups");
+    let dashboard = rollups::dashboard(
+        &mut a,
+        *load_a.per_day.keys().next().unwrap_or(&0),
+        s.rows,
+        &DashboardRuns {
+            totals: if s.full { 50 } else { 20 },
+            group_by: 5,
+            sessions: s.queries,
+            users: load_a.sessions.users(),
+            seed: s.seed,
+            check_sessions: !s.full,
+        },
+        &mut problems,
+    )?;
 
     println!();
     println!("retention (a): run_maintenance() drops the oldest day");
@@ -796,14 +844,16 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         "  query, one user's day:    (a) p50 {:.2} ms, p95 {:.2} ms; (b) p50 {:.2} ms, p95 {:.2} ms",
         q_a.p50, q_a.p95, q_b.p50, q_b.p95
     );
+    rollups::summary(&dashboard, verdict);
     println!();
     println!("correctness");
     let code = if problems.is_empty() {
         println!(
             "  OK: every ingest_json call inserted every element, nothing rejected, both tables hold the \
-             generated rows per day{}; the query read one partition; run_maintenance dropped only the oldest \
-             partition, DELETE removed as many rows as it held",
-            if s.full { "" } else { " and the same rows (checksum)" }
+             generated rows per day{}; the query read one partition; daily_totals equal the GROUP BY over \
+             metrics{}; run_maintenance dropped only the oldest partition, DELETE removed as many rows as it held",
+            if s.full { "" } else { " and the same rows (checksum)" },
+            if s.full { "" } else { ", sessions the aggregate over metrics" }
         );
         0
     } else {

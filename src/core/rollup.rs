@@ -151,8 +151,8 @@ impl Rollup {
             .rows
             .binary_search_by(|r| (r.ordinal, r.measurement).cmp(&key));
         if let Ok(i) = found {
-            if self.not_stored.is_empty() {
-                self.not_stored = vec![false; self.rows.len()];
+            if self.not_stored.len() <= i {
+                self.not_stored.resize(self.rows.len(), false);
             }
             self.not_stored[i] = true;
             if refused {
@@ -378,6 +378,25 @@ mod tests {
             summary.sessions[1].metric_count, 1,
             "the same session_id of another user is another session"
         );
+    }
+
+    #[test]
+    fn rows_found_not_stored_between_later_additions_are_all_kept_out() {
+        let registry = Registry::builtin();
+        let mut rollup = Rollup::default();
+        let raw = |t: &str| {
+            format!(r#"{{"user_id":"u","timestamp":"2024-05-01T10:00:0{t}Z","talked_time":1}}"#)
+        };
+        for (ordinal, t) in ["1", "2", "3"].iter().enumerate() {
+            rollup.add(
+                ordinal + 1,
+                &validate_json_element(&raw(t), &registry).unwrap(),
+            );
+            rollup.not_stored(ordinal + 1, 0, false);
+        }
+        rollup.add(4, &validate_json_element(&raw("4"), &registry).unwrap());
+        rollup.not_stored(4, 0, false);
+        assert!(rollup.finish().daily.is_empty());
     }
 
     #[test]

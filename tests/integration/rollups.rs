@@ -238,9 +238,10 @@ fn profile_fields(name: &str, email: &str) -> String {
 fn workload(seed: u64, events: usize) -> Workload {
     let config = GeneratorConfig {
         users: 40,
-        concurrent_sessions: 12,
-        // half of it on average per event: 2.5 days in all
-        max_step_ms: (2 * 216_000_000 / events) as u32,
+        // 2.5 days in all
+        events_per_day: (events as u64 * 2 / 5).max(1),
+        // the workload sets its own profiles (below)
+        profile_percent: 0,
     };
     let all: Vec<Event> = Generator::with_config(seed, config).take(events).collect();
     let last_us = all.last().expect("events").unix_us;
