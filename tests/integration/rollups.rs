@@ -255,6 +255,12 @@ fn workload(seed: u64, events: usize) -> Workload {
         let mut never = Vec::new();
         for (i, ev) in chunk.iter().enumerate() {
             let index = b * BATCH + i;
+            // Platforms and profiles are this workload's own (below), not the generator's.
+            let ev = &Event {
+                platform: None,
+                profile: None,
+                ..ev.clone()
+            };
             let mut extra = Vec::new();
             if let Some(p) = platform_for(index) {
                 extra.push(format!("\"platform\":{}", json_str(p)));
