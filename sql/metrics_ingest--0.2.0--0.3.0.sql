@@ -255,36 +255,32 @@ DECLARE
     days date[];
     types text[];
     n bigint;
+    n_metrics bigint;
+    n_users bigint;
+    n_sessions bigint;
+    n_rejected bigint;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
-    WITH gone AS (
+    -- One statement, one snapshot: the rows, sessions and dead letters it removes are those
+    -- of the same committed calls (a call of this user committing meanwhile keeps both its
+    -- rows and its sessions, as if it came afterwards).
+    WITH gone_metrics AS (
         DELETE FROM metrics_ingest.metrics m WHERE m.user_id = who
         RETURNING (m."timestamp" AT TIME ZONE 'UTC')::date AS day, m.metric_type),
-    pairs AS (SELECT g.day, g.metric_type, count(*) AS n FROM gone g GROUP BY 1, 2)
-    SELECT coalesce(sum(p.n), 0), array_agg(p.day), array_agg(p.metric_type) INTO n, days, types
-    FROM pairs p;
-    relation := 'metrics';
-    removed := n;
-    RETURN NEXT;
-
-    DELETE FROM metrics_ingest.users u WHERE u.user_id = who;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    relation := 'users';
-    removed := n;
-    RETURN NEXT;
-
-    WITH gone AS (
-        DELETE FROM metrics_ingest.session_parts s WHERE s.user_id = who RETURNING s.session_id)
-    SELECT count(DISTINCT g.session_id) INTO n FROM gone g;
-    relation := 'sessions';
-    removed := n;
-    RETURN NEXT;
-
-    DELETE FROM metrics_ingest.rejected r WHERE r.user_id = who;
-    GET DIAGNOSTICS n = ROW_COUNT;
-    relation := 'rejected';
-    removed := n;
-    RETURN NEXT;
+    gone_users AS (DELETE FROM metrics_ingest.users u WHERE u.user_id = who RETURNING 1),
+    gone_sessions AS (
+        DELETE FROM metrics_ingest.session_parts s WHERE s.user_id = who RETURNING s.session_id),
+    gone_rejected AS (DELETE FROM metrics_ingest.rejected r WHERE r.user_id = who RETURNING 1),
+    pairs AS (SELECT g.day, g.metric_type FROM gone_metrics g GROUP BY g.day, g.metric_type)
+    SELECT (SELECT count(*) FROM gone_metrics), (SELECT count(*) FROM gone_users),
+           (SELECT count(DISTINCT g.session_id) FROM gone_sessions g),
+           (SELECT count(*) FROM gone_rejected),
+           (SELECT array_agg(p.day) FROM pairs p), (SELECT array_agg(p.metric_type) FROM pairs p)
+    INTO n_metrics, n_users, n_sessions, n_rejected, days, types;
+    FOR relation, removed IN VALUES ('metrics', n_metrics), ('users', n_users),
+                                    ('sessions', n_sessions), ('rejected', n_rejected) LOOP
+        RETURN NEXT;
+    END LOOP;
 
     -- One statement, one snapshot: the delta rows it deletes and the metrics it sums are
     -- those of the same committed calls; a call still running adds its delta afterwards.
@@ -402,8 +398,8 @@ COMMENT ON FUNCTION metrics_ingest.rebuild_rollups() IS
 COMMENT ON FUNCTION metrics_ingest.compact_rollups() IS
     'Folds the delta rows of sessions and daily totals into one per key; run_maintenance calls it';
 
--- Profiles 0.2.0 kept in metrics.attributes move to users: per user, the newest row's
--- name and email (each the newest one that is a string the users table accepts).
+-- Profiles 0.2.0 kept in metrics.attributes move to users: per user, the newest name and
+-- the newest email that the users table accepts; profile_time is the newer of their rows'.
 INSERT INTO metrics_ingest.users (user_id, name, email, profile_time, created_at, updated_at)
 SELECT u.user_id, u.name, u.email, u.profile_time, pg_catalog.now(), pg_catalog.now()
 FROM (
@@ -415,7 +411,15 @@ FROM (
                 FILTER (WHERE pg_catalog.jsonb_typeof(m.attributes -> 'email') = 'string'
                         AND pg_catalog.length(m.attributes ->> 'email') <= 254
                         AND (m.attributes ->> 'email') OPERATOR(pg_catalog.~) '^[^@]+@.+$'))[1] AS email,
-           pg_catalog.max(m."timestamp") AS profile_time
+           pg_catalog.greatest(
+               (pg_catalog.array_agg(m."timestamp" ORDER BY m."timestamp" DESC)
+                    FILTER (WHERE pg_catalog.jsonb_typeof(m.attributes -> 'name') = 'string'
+                            AND pg_catalog.length(m.attributes ->> 'name') <= 256))[1],
+               (pg_catalog.array_agg(m."timestamp" ORDER BY m."timestamp" DESC)
+                    FILTER (WHERE pg_catalog.jsonb_typeof(m.attributes -> 'email') = 'string'
+                            AND pg_catalog.length(m.attributes ->> 'email') <= 254
+                            AND (m.attributes ->> 'email') OPERATOR(pg_catalog.~) '^[^@]+@.+$'))[1])
+               AS profile_time
     FROM metrics_ingest.metrics m
     WHERE m.attributes OPERATOR(pg_catalog.?|) ARRAY['name', 'email']
     GROUP BY m.user_id

@@ -42,15 +42,19 @@ pub struct SessionPart {
     pub location: Option<String>,
 }
 
-/// The profile a call carries for one user: the newest element's fields, and
-/// for a field it lacks, the newest element of the call that has one.
+/// The profile a call carries for one user: each field from the newest
+/// element of the call that has it, with that element's time. Applied as if
+/// the call's elements came one by one in time order: a field replaces the
+/// stored one when its element is at least as new as the stored profile_time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProfilePart {
     pub user_id: String,
     /// The newest profile-carrying element's time (microseconds since 1970).
     pub time_us: i64,
     pub name: Option<String>,
+    pub name_us: i64,
     pub email: Option<String>,
+    pub email_us: i64,
 }
 
 #[derive(Debug, Default)]
@@ -191,7 +195,7 @@ impl Rollup {
         }
 
         let mut sessions: HashMap<(&str, &str), SessionPart> = HashMap::new();
-        let mut profiles: HashMap<&str, (ProfilePart, i64, i64)> = HashMap::new();
+        let mut profiles: HashMap<&str, ProfilePart> = HashMap::new();
         for (element, &count) in self.elements.iter().zip(&stored_rows) {
             let Some(about) = element.about.as_deref() else {
                 continue;
@@ -215,42 +219,42 @@ impl Rollup {
                         location: location.clone(),
                     });
             }
-            let Some(profile) = about.profile.as_ref().filter(|_| !element.refused) else {
+            // A profile counts from an element that stored a row: a retry (all
+            // duplicates) changes nothing, a refused element neither.
+            let Some(profile) = about
+                .profile
+                .as_ref()
+                .filter(|_| count > 0 && !element.refused)
+            else {
                 continue;
             };
             // Elements come in ordinal order: on equal times the later one wins.
-            let (part, name_us, email_us) =
-                profiles.entry(about.user_id.as_str()).or_insert_with(|| {
-                    (
-                        ProfilePart {
-                            user_id: about.user_id.clone(),
-                            time_us: i64::MIN,
-                            name: None,
-                            email: None,
-                        },
-                        i64::MIN,
-                        i64::MIN,
-                    )
+            let part = profiles
+                .entry(about.user_id.as_str())
+                .or_insert_with(|| ProfilePart {
+                    user_id: about.user_id.clone(),
+                    time_us: i64::MIN,
+                    name: None,
+                    name_us: i64::MIN,
+                    email: None,
+                    email_us: i64::MIN,
                 });
-            part.time_us = part.time_us.max(element.unix_us);
-            let newer = |field: &Option<String>, at: &mut i64| {
-                field.is_some() && element.unix_us >= *at && {
-                    *at = element.unix_us;
-                    true
-                }
-            };
-            if newer(&profile.name, name_us) {
-                part.name = profile.name.clone();
+            let at = element.unix_us;
+            part.time_us = part.time_us.max(at);
+            if profile.name.is_some() && at >= part.name_us {
+                part.name.clone_from(&profile.name);
+                part.name_us = at;
             }
-            if newer(&profile.email, email_us) {
-                part.email = profile.email.clone();
+            if profile.email.is_some() && at >= part.email_us {
+                part.email.clone_from(&profile.email);
+                part.email_us = at;
             }
         }
 
         let mut summary = Summary {
             daily: daily.into_values().collect(),
             sessions: sessions.into_values().collect(),
-            profiles: profiles.into_values().map(|(p, _, _)| p).collect(),
+            profiles: profiles.into_values().collect(),
         };
         // A fixed order: the delta rows of concurrent calls lock nothing, but
         // users rows are upserted, and calls that lock them in one order
@@ -400,6 +404,15 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_carries_no_profile() {
+        let mut rollup = rollup_of(&[
+            r#"{"user_id":"u","timestamp":"2024-05-01T10:00:00Z","talked_time":1,"email":"a@x"}"#,
+        ]);
+        rollup.not_stored(1, 0, false);
+        assert!(rollup.finish().profiles.is_empty());
+    }
+
+    #[test]
     fn the_newest_profile_of_a_call_wins_field_by_field() {
         let summary = rollup_of(&[
             r#"{"user_id":"u","timestamp":"2024-05-03T00:00:00Z","talked_time":1,"name":"New"}"#,
@@ -411,5 +424,10 @@ mod tests {
         assert_eq!(p.name.as_deref(), Some("Newer"));
         assert_eq!(p.email.as_deref(), Some("old@x"));
         assert_eq!(p.time_us, 1_714_694_400_000_000);
+        assert_eq!(p.name_us, p.time_us);
+        assert_eq!(
+            p.email_us, 1_714_521_600_000_000,
+            "the email keeps its own, older time"
+        );
     }
 }

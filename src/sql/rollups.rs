@@ -130,16 +130,49 @@ pub fn write(summary: &Summary) {
         );
     }
 
-    if !summary.profiles.is_empty() {
-        let p = &summary.profiles;
+    // The call's profiles as if its elements came one by one in time order: a
+    // field older than the user's newest element goes first, with its own time,
+    // so it applies only if it is newer than what is stored; then the fields of
+    // the newest element. (Each round is in user_id order.)
+    let older: Vec<(&str, Option<&str>, Option<&str>, i64)> = summary
+        .profiles
+        .iter()
+        .filter_map(|p| {
+            if p.name.is_some() && p.name_us < p.time_us {
+                Some((p.user_id.as_str(), p.name.as_deref(), None, p.name_us))
+            } else if p.email.is_some() && p.email_us < p.time_us {
+                Some((p.user_id.as_str(), None, p.email.as_deref(), p.email_us))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let newest: Vec<(&str, Option<&str>, Option<&str>, i64)> = summary
+        .profiles
+        .iter()
+        .map(|p| {
+            (
+                p.user_id.as_str(),
+                p.name.as_deref().filter(|_| p.name_us == p.time_us),
+                p.email.as_deref().filter(|_| p.email_us == p.time_us),
+                p.time_us,
+            )
+        })
+        .collect();
+    for round in [older, newest] {
+        if round.is_empty() {
+            continue;
+        }
         let column =
-            |f: &dyn Fn(&crate::core::rollup::ProfilePart) -> Option<pg_sys::Datum>,
-             t: pg_sys::Oid| { array_datum(&p.iter().map(f).collect::<Vec<_>>(), t) };
+            |f: &dyn Fn(&(&str, Option<&str>, Option<&str>, i64)) -> Option<pg_sys::Datum>,
+             t: pg_sys::Oid| {
+                array_datum(&round.iter().map(f).collect::<Vec<_>>(), t)
+            };
         let values = [
-            column(&|p| text(&p.user_id), TEXTOID),
-            column(&|p| maybe(&p.name), TEXTOID),
-            column(&|p| maybe(&p.email), TEXTOID),
-            column(&|p| time(p.time_us), TIMESTAMPTZOID),
+            column(&|p| text(p.0), TEXTOID),
+            column(&|p| p.1.map(text_datum), TEXTOID),
+            column(&|p| p.2.map(text_datum), TEXTOID),
+            column(&|p| time(p.3), TIMESTAMPTZOID),
         ];
         let text_array = pg_sys::TEXTARRAYOID;
         let types = [
