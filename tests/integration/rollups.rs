@@ -260,12 +260,6 @@ fn workload(seed: u64, events: usize) -> Workload {
             ev.profile = None;
             let ev = &ev;
             let index = b * BATCH + i;
-            // Platforms and profiles are this workload's own (below), not the generator's.
-            let ev = &Event {
-                platform: None,
-                profile: None,
-                ..ev.clone()
-            };
             let mut extra = Vec::new();
             if let Some(p) = platform_for(index) {
                 extra.push(format!("\"platform\":{}", json_str(p)));
