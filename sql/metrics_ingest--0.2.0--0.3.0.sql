@@ -411,7 +411,7 @@ FROM (
                 FILTER (WHERE pg_catalog.jsonb_typeof(m.attributes -> 'email') = 'string'
                         AND pg_catalog.length(m.attributes ->> 'email') <= 254
                         AND (m.attributes ->> 'email') OPERATOR(pg_catalog.~) '^[^@]+@.+$'))[1] AS email,
-           pg_catalog.greatest(
+           GREATEST(
                (pg_catalog.array_agg(m."timestamp" ORDER BY m."timestamp" DESC)
                     FILTER (WHERE pg_catalog.jsonb_typeof(m.attributes -> 'name') = 'string'
                             AND pg_catalog.length(m.attributes ->> 'name') <= 256))[1],
