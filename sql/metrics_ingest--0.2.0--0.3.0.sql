@@ -320,6 +320,13 @@ GRANT SELECT ON metrics_ingest.sessions, metrics_ingest.daily_totals TO metrics_
 GRANT SELECT (user_id, created_at, updated_at, profile_time) ON metrics_ingest.users TO metrics_ingest_reader;
 GRANT SELECT ON metrics_ingest.users TO metrics_ingest_pii_reader;
 
+-- rejected.element keeps each element as received, profile included: personal data. Readers
+-- see every other column of a dead letter; metrics_ingest_pii_reader sees the element too.
+REVOKE SELECT ON metrics_ingest.rejected FROM metrics_ingest_reader;
+GRANT SELECT (id, rejected_at, rejected_by, source, ordinal, field, error, sqlstate, user_id, event_id)
+    ON metrics_ingest.rejected TO metrics_ingest_reader;
+GRANT SELECT ON metrics_ingest.rejected TO metrics_ingest_pii_reader;
+
 -- run_maintenance compacts the rollups and archives the daily totals of dropped days.
 CREATE OR REPLACE FUNCTION metrics_ingest.run_maintenance()
 RETURNS TABLE (action text, object text, detail text)

@@ -287,3 +287,10 @@ REVOKE ALL ON metrics_ingest.users, metrics_ingest.session_parts, metrics_ingest
 GRANT SELECT ON metrics_ingest.sessions, metrics_ingest.daily_totals TO metrics_ingest_reader;
 GRANT SELECT (user_id, created_at, updated_at, profile_time) ON metrics_ingest.users TO metrics_ingest_reader;
 GRANT SELECT ON metrics_ingest.users TO metrics_ingest_pii_reader;
+
+-- rejected.element keeps each element as received, profile included: personal data. Readers
+-- see every other column of a dead letter; metrics_ingest_pii_reader sees the element too.
+REVOKE SELECT ON metrics_ingest.rejected FROM metrics_ingest_reader;
+GRANT SELECT (id, rejected_at, rejected_by, source, ordinal, field, error, sqlstate, user_id, event_id)
+    ON metrics_ingest.rejected TO metrics_ingest_reader;
+GRANT SELECT ON metrics_ingest.rejected TO metrics_ingest_pii_reader;
