@@ -46,7 +46,7 @@ COMMENT ON FUNCTION metrics_ingest.ingest(json) IS
 COMMENT ON TABLE metrics_ingest.users IS
     'One row per user whose profile (name, email) is known: from elements carrying one, or inserted by the owner. metrics_ingest_reader cannot read name or email; metrics_ingest_pii_reader can.';
 COMMENT ON COLUMN metrics_ingest.users.profile_time IS
-    'Timestamp of the newest element whose profile was applied (for an owner''s INSERT, when it was made): an older element never overwrites the profile';
+    'Timestamp of the element that set the name and email held (for an owner''s INSERT, when it was made): an older element never overwrites the profile';
 COMMENT ON VIEW metrics_ingest.sessions IS
     'One row per (user_id, session_id): first and last metric time, metric count, and device, app version, platform and location of the latest metric. Kept exact by ingest.';
 COMMENT ON VIEW metrics_ingest.daily_totals IS

@@ -16,7 +16,7 @@ CREATE TABLE metrics_ingest.users (
     -- when this row was made, and when its name or email last changed
     created_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    -- the timestamp of the newest element whose profile was applied (for a row the owner
+    -- the timestamp of the element that set the name and email held (for a row the owner
     -- inserted: when it was inserted). An element's profile replaces the stored one only
     -- when the element is at least this new, so late data never overwrites a newer profile.
     profile_time timestamptz NOT NULL DEFAULT pg_catalog.now()

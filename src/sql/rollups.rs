@@ -29,17 +29,22 @@ const INSERT_SESSIONS: &str = "INSERT INTO metrics_ingest.session_parts \
      pg_catalog.unnest($8), pg_catalog.unnest($9))";
 
 /// A profile replaces the stored one when it is at least as new; a field it
-/// does not carry keeps its value. updated_at moves only when a value changes.
+/// does not carry keeps its value. A profile equal to the stored one is left
+/// out before the INSERT (a plain read): ON CONFLICT DO UPDATE would lock and
+/// so write the row even when its WHERE then declines, and seed 003's clients
+/// send the same profile with every event. So profile_time is the time of the
+/// element that set the values held.
 const UPSERT_USERS: &str = "INSERT INTO metrics_ingest.users AS u (user_id, name, email, profile_time) \
-     SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
-         pg_catalog.unnest($4)) \
+     SELECT p.user_id, p.name, p.email, p.profile_time \
+     FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
+         pg_catalog.unnest($4)) AS p(user_id, name, email, profile_time) \
+     WHERE NOT EXISTS (SELECT FROM metrics_ingest.users x WHERE x.user_id = p.user_id \
+         AND (coalesce(p.name, x.name), coalesce(p.email, x.email)) IS NOT DISTINCT FROM (x.name, x.email)) \
      ON CONFLICT (user_id) DO UPDATE SET \
          name = coalesce(excluded.name, u.name), \
          email = coalesce(excluded.email, u.email), \
          profile_time = excluded.profile_time, \
-         updated_at = CASE WHEN (coalesce(excluded.name, u.name), coalesce(excluded.email, u.email)) \
-                                IS DISTINCT FROM (u.name, u.email) \
-                           THEN pg_catalog.now() ELSE u.updated_at END \
+         updated_at = pg_catalog.now() \
      WHERE excluded.profile_time >= u.profile_time";
 
 thread_local! {
