@@ -17,16 +17,18 @@ use super::errors::raise_internal;
 use super::insert_path::kept_plan;
 use crate::core::rollup::Summary;
 
-const INSERT_DAILY: &str = "INSERT INTO metrics_ingest.daily_parts \
-     (day, metric_type, samples, total, min, max) \
-     SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
-     pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))";
-
-const INSERT_SESSIONS: &str = "INSERT INTO metrics_ingest.session_parts \
-     (user_id, session_id, start_time, end_time, metric_count, device_id, app_version, platform, location) \
-     SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
-     pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), \
-     pg_catalog.unnest($8), pg_catalog.unnest($9))";
+/// Both kinds of delta rows in one statement (one executor run per call: it
+/// is most of what a single-row insert_metric pays for the rollups). A call
+/// that stored rows has daily parts; its session parts may be none.
+const INSERT_PARTS: &str = "WITH daily AS ( \
+         INSERT INTO metrics_ingest.daily_parts (day, metric_type, samples, total, min, max) \
+         SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
+             pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))) \
+     INSERT INTO metrics_ingest.session_parts \
+         (user_id, session_id, start_time, end_time, metric_count, device_id, app_version, platform, location) \
+     SELECT * FROM ROWS FROM (pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), \
+         pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), \
+         pg_catalog.unnest($14), pg_catalog.unnest($15))";
 
 /// A profile replaces the stored one when it is at least as new; a field it
 /// does not carry keeps its value. A profile equal to the stored one is left
@@ -48,8 +50,7 @@ const UPSERT_USERS: &str = "INSERT INTO metrics_ingest.users AS u (user_id, name
      WHERE excluded.profile_time >= u.profile_time";
 
 thread_local! {
-    static DAILY_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
-    static SESSIONS_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static PARTS_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
     static USERS_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
 }
 
@@ -65,57 +66,47 @@ pub fn write(summary: &Summary) {
     let float8 = |x: f64| Some(float8_datum(x));
     let time = |us: i64| Some(timestamptz_datum(us));
 
-    if !summary.daily.is_empty() {
+    if !summary.daily.is_empty() || !summary.sessions.is_empty() {
         let d = &summary.daily;
-        let column =
+        let daily =
             |f: &dyn Fn(&crate::core::rollup::DailyPart) -> Option<pg_sys::Datum>,
              t: pg_sys::Oid| { array_datum(&d.iter().map(f).collect::<Vec<_>>(), t) };
-        let values = [
-            column(
-                &|p| Some(pg_sys::Datum::from(p.unix_day - PG_EPOCH_UNIX_DAY)),
-                DATEOID,
-            ),
-            column(&|p| text(&p.metric_type), TEXTOID),
-            column(&|p| int8(p.samples), INT8OID),
-            column(&|p| float8(p.total), FLOAT8OID),
-            column(&|p| float8(p.min), FLOAT8OID),
-            column(&|p| float8(p.max), FLOAT8OID),
-        ];
-        let types = [
-            pg_sys::DATEARRAYOID,
-            pg_sys::TEXTARRAYOID,
-            pg_sys::INT8ARRAYOID,
-            pg_sys::FLOAT8ARRAYOID,
-            pg_sys::FLOAT8ARRAYOID,
-            pg_sys::FLOAT8ARRAYOID,
-        ];
-        run(
-            &DAILY_PLAN,
-            INSERT_DAILY,
-            &types,
-            &values,
-            pg_sys::SPI_OK_INSERT,
-        );
-    }
-
-    if !summary.sessions.is_empty() {
         let s = &summary.sessions;
-        let column =
+        let session =
             |f: &dyn Fn(&crate::core::rollup::SessionPart) -> Option<pg_sys::Datum>,
              t: pg_sys::Oid| { array_datum(&s.iter().map(f).collect::<Vec<_>>(), t) };
         let values = [
-            column(&|p| text(&p.user_id), TEXTOID),
-            column(&|p| text(&p.session_id), TEXTOID),
-            column(&|p| time(p.start_us), TIMESTAMPTZOID),
-            column(&|p| time(p.end_us), TIMESTAMPTZOID),
-            column(&|p| int8(p.metric_count), INT8OID),
-            column(&|p| maybe(&p.device_id), TEXTOID),
-            column(&|p| maybe(&p.app_version), TEXTOID),
-            column(&|p| maybe(&p.platform), TEXTOID),
-            column(&|p| maybe(&p.location), TEXTOID),
+            daily(
+                &|p| Some(pg_sys::Datum::from(p.unix_day - PG_EPOCH_UNIX_DAY)),
+                DATEOID,
+            ),
+            daily(&|p| text(&p.metric_type), TEXTOID),
+            daily(&|p| int8(p.samples), INT8OID),
+            daily(&|p| float8(p.total), FLOAT8OID),
+            daily(&|p| float8(p.min), FLOAT8OID),
+            daily(&|p| float8(p.max), FLOAT8OID),
+            session(&|p| text(&p.user_id), TEXTOID),
+            session(&|p| text(&p.session_id), TEXTOID),
+            session(&|p| time(p.start_us), TIMESTAMPTZOID),
+            session(&|p| time(p.end_us), TIMESTAMPTZOID),
+            session(&|p| int8(p.metric_count), INT8OID),
+            session(&|p| maybe(&p.device_id), TEXTOID),
+            session(&|p| maybe(&p.app_version), TEXTOID),
+            session(&|p| maybe(&p.platform), TEXTOID),
+            session(&|p| maybe(&p.location), TEXTOID),
         ];
-        let (text_array, time_array) = (pg_sys::TEXTARRAYOID, pg_sys::TIMESTAMPTZARRAYOID);
+        let (text_array, time_array, float8_array) = (
+            pg_sys::TEXTARRAYOID,
+            pg_sys::TIMESTAMPTZARRAYOID,
+            pg_sys::FLOAT8ARRAYOID,
+        );
         let types = [
+            pg_sys::DATEARRAYOID,
+            text_array,
+            pg_sys::INT8ARRAYOID,
+            float8_array,
+            float8_array,
+            float8_array,
             text_array,
             text_array,
             time_array,
@@ -127,8 +118,8 @@ pub fn write(summary: &Summary) {
             text_array,
         ];
         run(
-            &SESSIONS_PLAN,
-            INSERT_SESSIONS,
+            &PARTS_PLAN,
+            INSERT_PARTS,
             &types,
             &values,
             pg_sys::SPI_OK_INSERT,
