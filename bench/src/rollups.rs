@@ -445,20 +445,7 @@ pub fn dashboard(
         "  daily_totals month before compaction: {before_ms:.2} ms (one run after one warm-up)"
     );
 
-    c.batch_execute("CHECKPOINT")?;
-    let t = Instant::now();
-    let actions: Vec<(String, String, String)> = c
-        .query(
-            "SELECT action, object, detail FROM metrics_ingest.run_maintenance()",
-            &[],
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let maintenance_secs = t.elapsed().as_secs_f64();
-    for (action, object, detail) in &actions {
-        println!("  | {action} {object}: {detail}");
-    }
+    let (actions, maintenance_secs) = crate::scale::run_maintenance_timed(c)?;
     if actions.is_empty() {
         println!("  | (run_maintenance returned no rows)");
     }

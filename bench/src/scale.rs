@@ -679,21 +679,8 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         "SELECT metrics_ingest.set_retention(now() - $1::text::timestamptz - interval '1 hour')",
         &[&upper],
     )?;
-    a.batch_execute("CHECKPOINT")?;
-    let t = Instant::now();
-    let actions: Vec<(String, String, String)> = a
-        .query(
-            "SELECT action, object, detail FROM metrics_ingest.run_maintenance()",
-            &[],
-        )?
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let drop_secs = t.elapsed().as_secs_f64();
+    let (actions, drop_secs) = run_maintenance_timed(&mut a)?;
     a.execute("SELECT metrics_ingest.set_retention(NULL)", &[])?;
-    for (action, object, detail) in &actions {
-        println!("  | {action} {object}: {detail}");
-    }
     let dropped: Vec<&str> = actions
         .iter()
         .filter(|(action, _, _)| action == "dropped partition")
@@ -869,4 +856,25 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         loadavg()
     );
     Ok(code)
+}
+
+/// `SELECT * FROM metrics_ingest.run_maintenance()` after a CHECKPOINT (so it
+/// does not pay for the load's dirty buffers), timed to the end of its commit
+/// (autocommit); prints each action. Returns (action, object, detail) and seconds.
+pub fn run_maintenance_timed(c: &mut Client) -> Res<(Vec<(String, String, String)>, f64)> {
+    c.batch_execute("CHECKPOINT")?;
+    let t = Instant::now();
+    let actions: Vec<(String, String, String)> = c
+        .query(
+            "SELECT action, object, detail FROM metrics_ingest.run_maintenance()",
+            &[],
+        )?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let secs = t.elapsed().as_secs_f64();
+    for (action, object, detail) in &actions {
+        println!("  | {action} {object}: {detail}");
+    }
+    Ok((actions, secs))
 }

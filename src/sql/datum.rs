@@ -210,6 +210,18 @@ pub unsafe fn jsonb_text(datum: pg_sys::Datum) -> String {
     }
 }
 
+/// The array type of an element type `array_datum` builds.
+pub fn array_type(element_type: pg_sys::Oid) -> pg_sys::Oid {
+    match element_type {
+        pg_sys::TEXTOID => pg_sys::TEXTARRAYOID,
+        pg_sys::DATEOID => pg_sys::DATEARRAYOID,
+        pg_sys::INT8OID => pg_sys::INT8ARRAYOID,
+        pg_sys::FLOAT8OID => pg_sys::FLOAT8ARRAYOID,
+        pg_sys::TIMESTAMPTZOID => pg_sys::TIMESTAMPTZARRAYOID,
+        _ => raise_internal("array_type", "an element type it does not know"),
+    }
+}
+
 /// A one-dimensional array datum, in the current memory context, of text or of
 /// a by-value type the rollups write (int8, float8, timestamptz, date).
 pub fn array_datum(values: &[Option<pg_sys::Datum>], element_type: pg_sys::Oid) -> pg_sys::Datum {

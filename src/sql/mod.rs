@@ -25,6 +25,8 @@ mod partition_tests;
 #[cfg(any(test, feature = "pg_test"))]
 mod rollup_tests;
 #[cfg(any(test, feature = "pg_test"))]
+mod test_sql;
+#[cfg(any(test, feature = "pg_test"))]
 mod tests;
 
 pgrx::extension_sql_file!("../../sql/schema.sql", name = "schema", bootstrap);

@@ -6,30 +6,7 @@
 mod tests {
     use pgrx::prelude::*;
 
-    fn text(sql: &str) -> String {
-        Spi::get_one::<String>(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .unwrap_or_default()
-    }
-
-    fn count(sql: &str) -> i64 {
-        Spi::get_one::<i64>(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .unwrap_or(-1)
-    }
-
-    fn run(sql: &str) {
-        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
-    /// ingest_json's verdicts as `status:metrics_stored` (and `:field` when rejected).
-    fn verdicts(payload: &str) -> String {
-        text(&format!(
-            "SELECT string_agg(concat_ws(':', status, metrics_stored, field), ',' ORDER BY ordinal) \
-             FROM metrics_ingest.ingest_json({})",
-            pgrx::spi::quote_literal(payload)
-        ))
-    }
+    use crate::sql::test_sql::{count, run, text, verdicts};
 
     /// The SQLSTATE a statement raises ("ok" if none), caught in a subtransaction
     /// (a PL/pgSQL exception block) so the test's transaction goes on.

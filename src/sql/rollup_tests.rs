@@ -7,29 +7,7 @@
 mod tests {
     use pgrx::prelude::*;
 
-    fn text(sql: &str) -> String {
-        Spi::get_one::<String>(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .unwrap_or_default()
-    }
-
-    fn count(sql: &str) -> i64 {
-        Spi::get_one::<i64>(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-            .unwrap_or(-1)
-    }
-
-    fn run(sql: &str) {
-        Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-
-    fn verdicts(payload: &str) -> String {
-        text(&format!(
-            "SELECT string_agg(concat_ws(':', status, metrics_stored, field), ',' ORDER BY ordinal) \
-             FROM metrics_ingest.ingest_json({})",
-            pgrx::spi::quote_literal(payload)
-        ))
-    }
+    use crate::sql::test_sql::{count, run, text, verdicts};
 
     /// Rows where daily_totals differs from GROUP BY over metrics (totals to a
     /// relative 1e-9: a float sum depends on the order it is added in).

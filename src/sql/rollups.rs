@@ -12,7 +12,7 @@ use std::cell::Cell;
 
 use pgrx::pg_sys;
 
-use super::datum::{array_datum, float8_datum, text_datum, timestamptz_datum};
+use super::datum::{array_datum, array_type, float8_datum, text_datum, timestamptz_datum};
 use super::errors::raise_internal;
 use super::insert_path::kept_plan;
 use crate::core::rollup::Summary;
@@ -68,62 +68,29 @@ pub fn write(summary: &Summary) {
 
     if !summary.daily.is_empty() || !summary.sessions.is_empty() {
         let d = &summary.daily;
-        let daily =
-            |f: &dyn Fn(&crate::core::rollup::DailyPart) -> Option<pg_sys::Datum>,
-             t: pg_sys::Oid| { array_datum(&d.iter().map(f).collect::<Vec<_>>(), t) };
         let s = &summary.sessions;
-        let session =
-            |f: &dyn Fn(&crate::core::rollup::SessionPart) -> Option<pg_sys::Datum>,
-             t: pg_sys::Oid| { array_datum(&s.iter().map(f).collect::<Vec<_>>(), t) };
         let values = [
-            daily(
-                &|p| Some(pg_sys::Datum::from(p.unix_day - PG_EPOCH_UNIX_DAY)),
+            column(
+                d,
+                |p| Some(pg_sys::Datum::from(p.unix_day - PG_EPOCH_UNIX_DAY)),
                 DATEOID,
             ),
-            daily(&|p| text(&p.metric_type), TEXTOID),
-            daily(&|p| int8(p.samples), INT8OID),
-            daily(&|p| float8(p.total), FLOAT8OID),
-            daily(&|p| float8(p.min), FLOAT8OID),
-            daily(&|p| float8(p.max), FLOAT8OID),
-            session(&|p| text(&p.user_id), TEXTOID),
-            session(&|p| text(&p.session_id), TEXTOID),
-            session(&|p| time(p.start_us), TIMESTAMPTZOID),
-            session(&|p| time(p.end_us), TIMESTAMPTZOID),
-            session(&|p| int8(p.metric_count), INT8OID),
-            session(&|p| maybe(&p.device_id), TEXTOID),
-            session(&|p| maybe(&p.app_version), TEXTOID),
-            session(&|p| maybe(&p.platform), TEXTOID),
-            session(&|p| maybe(&p.location), TEXTOID),
+            column(d, |p| text(&p.metric_type), TEXTOID),
+            column(d, |p| int8(p.samples), INT8OID),
+            column(d, |p| float8(p.total), FLOAT8OID),
+            column(d, |p| float8(p.min), FLOAT8OID),
+            column(d, |p| float8(p.max), FLOAT8OID),
+            column(s, |p| text(&p.user_id), TEXTOID),
+            column(s, |p| text(&p.session_id), TEXTOID),
+            column(s, |p| time(p.start_us), TIMESTAMPTZOID),
+            column(s, |p| time(p.end_us), TIMESTAMPTZOID),
+            column(s, |p| int8(p.metric_count), INT8OID),
+            column(s, |p| maybe(&p.device_id), TEXTOID),
+            column(s, |p| maybe(&p.app_version), TEXTOID),
+            column(s, |p| maybe(&p.platform), TEXTOID),
+            column(s, |p| maybe(&p.location), TEXTOID),
         ];
-        let (text_array, time_array, float8_array) = (
-            pg_sys::TEXTARRAYOID,
-            pg_sys::TIMESTAMPTZARRAYOID,
-            pg_sys::FLOAT8ARRAYOID,
-        );
-        let types = [
-            pg_sys::DATEARRAYOID,
-            text_array,
-            pg_sys::INT8ARRAYOID,
-            float8_array,
-            float8_array,
-            float8_array,
-            text_array,
-            text_array,
-            time_array,
-            time_array,
-            pg_sys::INT8ARRAYOID,
-            text_array,
-            text_array,
-            text_array,
-            text_array,
-        ];
-        run(
-            &PARTS_PLAN,
-            INSERT_PARTS,
-            &types,
-            &values,
-            pg_sys::SPI_OK_INSERT,
-        );
+        run(&PARTS_PLAN, INSERT_PARTS, &values);
     }
 
     // The call's profiles as if its elements came one by one in time order: a
@@ -159,49 +126,44 @@ pub fn write(summary: &Summary) {
         if round.is_empty() {
             continue;
         }
-        let column =
-            |f: &dyn Fn(&(&str, Option<&str>, Option<&str>, i64)) -> Option<pg_sys::Datum>,
-             t: pg_sys::Oid| {
-                array_datum(&round.iter().map(f).collect::<Vec<_>>(), t)
-            };
         let values = [
-            column(&|p| text(p.0), TEXTOID),
-            column(&|p| p.1.map(text_datum), TEXTOID),
-            column(&|p| p.2.map(text_datum), TEXTOID),
-            column(&|p| time(p.3), TIMESTAMPTZOID),
+            column(&round, |p| text(p.0), TEXTOID),
+            column(&round, |p| p.1.map(text_datum), TEXTOID),
+            column(&round, |p| p.2.map(text_datum), TEXTOID),
+            column(&round, |p| time(p.3), TIMESTAMPTZOID),
         ];
-        let text_array = pg_sys::TEXTARRAYOID;
-        let types = [
-            text_array,
-            text_array,
-            text_array,
-            pg_sys::TIMESTAMPTZARRAYOID,
-        ];
-        run(
-            &USERS_PLAN,
-            UPSERT_USERS,
-            &types,
-            &values,
-            pg_sys::SPI_OK_INSERT,
-        );
+        run(&USERS_PLAN, UPSERT_USERS, &values);
     }
 }
 
+/// One array parameter, and its type: `f` of each item, as an array of
+/// `element_type`.
+fn column<T>(
+    items: &[T],
+    f: impl Fn(&T) -> Option<pg_sys::Datum>,
+    element_type: pg_sys::Oid,
+) -> (pg_sys::Datum, pg_sys::Oid) {
+    let values: Vec<_> = items.iter().map(f).collect();
+    (array_datum(&values, element_type), array_type(element_type))
+}
+
+/// Runs a kept plan whose parameters are `parameters` (none NULL: arrays);
+/// every statement here is an INSERT.
 fn run(
     plan: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,
     query: &str,
-    types: &[pg_sys::Oid],
-    values: &[pg_sys::Datum],
-    expected: u32,
+    parameters: &[(pg_sys::Datum, pg_sys::Oid)],
 ) {
-    let plan = kept_plan(plan, query, types);
+    let (values, types): (Vec<pg_sys::Datum>, Vec<pg_sys::Oid>) =
+        parameters.iter().copied().unzip();
+    let plan = kept_plan(plan, query, &types);
     // SAFETY: SPI is connected (this module's contract); the plan takes
     // `values.len()` parameters, none NULL (the nulls string is all spaces).
     unsafe {
         let nulls = vec![b' ' as std::ffi::c_char; values.len() + 1];
         let status =
             pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), nulls.as_ptr(), false, 0);
-        if status != expected as i32 {
+        if status != pg_sys::SPI_OK_INSERT as i32 {
             raise_internal("writing the rollups", format!("SPI status {status}"));
         }
     }
