@@ -257,8 +257,8 @@ impl Rollup {
             profiles: profiles.into_values().collect(),
         };
         // A fixed order: the delta rows of concurrent calls lock nothing, but
-        // users rows are upserted, and calls that lock them in one order
-        // cannot deadlock.
+        // users rows are inserted and locked, and calls that take them in one
+        // order cannot deadlock.
         summary
             .daily
             .sort_by(|a, b| (a.unix_day, &a.metric_type).cmp(&(b.unix_day, &b.metric_type)));

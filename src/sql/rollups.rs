@@ -5,8 +5,9 @@
 //! Sessions and daily totals get delta rows (`session_parts`, `daily_parts`),
 //! which only ever insert: no concurrent call waits for another, however many
 //! share a day or a session; `run_maintenance` compacts them and the views add
-//! them up. Users are upserted, in user_id order: two calls carrying the same
-//! user wait for each other there, never for other users, and never deadlock.
+//! them up. Users rows are inserted, then locked and updated, each step in
+//! user_id order: two calls whose profiles change the same user wait for each
+//! other there, never for other users, and never deadlock.
 
 use std::cell::Cell;
 
@@ -30,28 +31,61 @@ const INSERT_PARTS: &str = "WITH daily AS ( \
          pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), \
          pg_catalog.unnest($14), pg_catalog.unnest($15))";
 
-/// A profile replaces the stored one when it is at least as new; a field it
-/// does not carry keeps its value. A profile equal to the stored one is left
-/// out before the INSERT (a plain read): ON CONFLICT DO UPDATE would lock and
-/// so write the row even when its WHERE then declines, and seed 003's clients
-/// send the same profile with every event. So profile_time is the time of the
-/// element that set the values held.
-const UPSERT_USERS: &str = "INSERT INTO metrics_ingest.users AS u (user_id, name, email, profile_time) \
+/// The call's profiles as if its elements came one by one in time order: a
+/// field replaces the stored one when its element is at least as new as the
+/// stored profile_time, and profile_time becomes the time of the newest field
+/// that changed a value. A profile equal to the stored one writes nothing (seed
+/// 003's clients send the same profile with every event), so profile_time is
+/// the time of the element that set the values held.
+///
+/// Two statements, each over the call's users in one order, so that calls
+/// carrying the same users wait for each other in that order and never
+/// deadlock. First the users not yet stored are inserted with the call's
+/// profile (all of it applies); a user another call is inserting waits for that
+/// call and is then left to the second statement. The second locks, in user_id
+/// order, the rows the call's profiles change (a plain read filters the others
+/// out: ON CONFLICT DO UPDATE would lock, and so write, every row, even where
+/// its WHERE declines), then updates exactly those rows: it never waits.
+const INSERT_USERS: &str = "INSERT INTO metrics_ingest.users (user_id, name, email, profile_time) \
      SELECT p.user_id, p.name, p.email, p.profile_time \
-     FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
-         pg_catalog.unnest($4)) AS p(user_id, name, email, profile_time) \
-     WHERE NOT EXISTS (SELECT FROM metrics_ingest.users x WHERE x.user_id = p.user_id \
-         AND (coalesce(p.name, x.name), coalesce(p.email, x.email)) IS NOT DISTINCT FROM (x.name, x.email)) \
-     ON CONFLICT (user_id) DO UPDATE SET \
-         name = coalesce(excluded.name, u.name), \
-         email = coalesce(excluded.email, u.email), \
-         profile_time = excluded.profile_time, \
-         updated_at = pg_catalog.now() \
-     WHERE excluded.profile_time >= u.profile_time";
+     FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($4), \
+         pg_catalog.unnest($6)) AS p(user_id, name, email, profile_time) \
+     ON CONFLICT (user_id) DO NOTHING";
+
+/// The second statement: a field applies when its element is at least as new as
+/// the row's profile_time (read again from the row as locked).
+const UPDATE_USERS: &str = "WITH p AS ( \
+             SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
+                 pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), \
+                 pg_catalog.unnest($6)) \
+             AS p(user_id, name, name_time, email, email_time, profile_time)), \
+         changed AS ( \
+             SELECT x.user_id FROM metrics_ingest.users x JOIN p ON p.user_id = x.user_id \
+             WHERE (CASE WHEN p.name_time >= x.profile_time THEN p.name ELSE x.name END, \
+                    CASE WHEN p.email_time >= x.profile_time THEN p.email ELSE x.email END) \
+                   IS DISTINCT FROM (x.name, x.email) \
+             ORDER BY x.user_id COLLATE \"C\" \
+             FOR NO KEY UPDATE OF x) \
+         UPDATE metrics_ingest.users u SET \
+             name = CASE WHEN p.name_time >= u.profile_time THEN p.name ELSE u.name END, \
+             email = CASE WHEN p.email_time >= u.profile_time THEN p.email ELSE u.email END, \
+             profile_time = CASE \
+                 WHEN p.profile_time >= u.profile_time \
+                      AND ((p.name_time = p.profile_time AND p.name IS DISTINCT FROM u.name) \
+                        OR (p.email_time = p.profile_time AND p.email IS DISTINCT FROM u.email)) \
+                 THEN p.profile_time \
+                 ELSE LEAST(p.name_time, p.email_time) END, \
+             updated_at = pg_catalog.now() \
+         FROM p JOIN changed c ON c.user_id = p.user_id \
+         WHERE u.user_id = p.user_id \
+           AND (CASE WHEN p.name_time >= u.profile_time THEN p.name ELSE u.name END, \
+                CASE WHEN p.email_time >= u.profile_time THEN p.email ELSE u.email END) \
+               IS DISTINCT FROM (u.name, u.email)";
 
 thread_local! {
     static PARTS_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
-    static USERS_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static USERS_INSERT_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
+    static USERS_UPDATE_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
 }
 
 /// Days since 1970-01-01 to PostgreSQL's date (days since 2000-01-01).
@@ -90,49 +124,41 @@ pub fn write(summary: &Summary) {
             column(s, |p| maybe(&p.platform), TEXTOID),
             column(s, |p| maybe(&p.location), TEXTOID),
         ];
-        run(&PARTS_PLAN, INSERT_PARTS, &values);
+        run(&PARTS_PLAN, INSERT_PARTS, &values, pg_sys::SPI_OK_INSERT);
     }
 
-    // The call's profiles as if its elements came one by one in time order: a
-    // field older than the user's newest element goes first, with its own time,
-    // so it applies only if it is newer than what is stored; then the fields of
-    // the newest element. (Each round is in user_id order.)
-    let older: Vec<(&str, Option<&str>, Option<&str>, i64)> = summary
-        .profiles
-        .iter()
-        .filter_map(|p| {
-            if p.name.is_some() && p.name_us < p.time_us {
-                Some((p.user_id.as_str(), p.name.as_deref(), None, p.name_us))
-            } else if p.email.is_some() && p.email_us < p.time_us {
-                Some((p.user_id.as_str(), None, p.email.as_deref(), p.email_us))
-            } else {
-                None
-            }
-        })
-        .collect();
-    let newest: Vec<(&str, Option<&str>, Option<&str>, i64)> = summary
-        .profiles
-        .iter()
-        .map(|p| {
-            (
-                p.user_id.as_str(),
-                p.name.as_deref().filter(|_| p.name_us == p.time_us),
-                p.email.as_deref().filter(|_| p.email_us == p.time_us),
-                p.time_us,
-            )
-        })
-        .collect();
-    for round in [older, newest] {
-        if round.is_empty() {
-            continue;
-        }
+    // Profiles: user_id, name and its element's time, email and its element's
+    // time, the newest profile-carrying element's time; in user_id order.
+    let p = &summary.profiles;
+    if !p.is_empty() {
         let values = [
-            column(&round, |p| text(p.0), TEXTOID),
-            column(&round, |p| p.1.map(text_datum), TEXTOID),
-            column(&round, |p| p.2.map(text_datum), TEXTOID),
-            column(&round, |p| time(p.3), TIMESTAMPTZOID),
+            column(p, |p| text(&p.user_id), TEXTOID),
+            column(p, |p| maybe(&p.name), TEXTOID),
+            column(
+                p,
+                |p| p.name.as_ref().and_then(|_| time(p.name_us)),
+                TIMESTAMPTZOID,
+            ),
+            column(p, |p| maybe(&p.email), TEXTOID),
+            column(
+                p,
+                |p| p.email.as_ref().and_then(|_| time(p.email_us)),
+                TIMESTAMPTZOID,
+            ),
+            column(p, |p| time(p.time_us), TIMESTAMPTZOID),
         ];
-        run(&USERS_PLAN, UPSERT_USERS, &values);
+        run(
+            &USERS_INSERT_PLAN,
+            INSERT_USERS,
+            &values,
+            pg_sys::SPI_OK_INSERT,
+        );
+        run(
+            &USERS_UPDATE_PLAN,
+            UPDATE_USERS,
+            &values,
+            pg_sys::SPI_OK_UPDATE,
+        );
     }
 }
 
@@ -147,12 +173,13 @@ fn column<T>(
     (array_datum(&values, element_type), array_type(element_type))
 }
 
-/// Runs a kept plan whose parameters are `parameters` (none NULL: arrays);
-/// every statement here is an INSERT.
+/// Runs a kept plan whose parameters are `parameters` (none NULL: arrays),
+/// which must end with SPI status `ok`.
 fn run(
     plan: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,
     query: &str,
     parameters: &[(pg_sys::Datum, pg_sys::Oid)],
+    ok: u32,
 ) {
     let (values, types): (Vec<pg_sys::Datum>, Vec<pg_sys::Oid>) =
         parameters.iter().copied().unzip();
@@ -163,7 +190,7 @@ fn run(
         let nulls = vec![b' ' as std::ffi::c_char; values.len() + 1];
         let status =
             pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), nulls.as_ptr(), false, 0);
-        if status != pg_sys::SPI_OK_INSERT as i32 {
+        if status != ok as i32 {
             raise_internal("writing the rollups", format!("SPI status {status}"));
         }
     }
