@@ -31,6 +31,9 @@
 # quarter of the limit) and autovacuum off. The limit is printed; without a
 # writable /sys/fs/cgroup/memory (not root, cgroup v2 only) that is printed and
 # the run goes on without a limit. The cluster is stopped at the end.
+# METRICS_INGEST_BENCH_SCALE_DIR puts the cluster under another directory (for
+# instance a filesystem mounted without `discard`: see README, Performance); the
+# bench prints the data directory's filesystem and mount options.
 #
 # Arguments go to the bench unchanged. compare creates and drops its own
 # database `metrics_bench` on the server named by METRICS_INGEST_BENCH_DSN
@@ -98,7 +101,8 @@ memory_cgroup_setup() {
 # shellcheck disable=SC2317  # run through step / on_exit
 scale_cluster_start() {
     local parent
-    parent=$(reachable_pg_dir "$ROOT/.pgtest/bench" "/tmp/$MI_EXTENSION.bench-$(id -u)")
+    parent=$(reachable_pg_dir "${METRICS_INGEST_BENCH_SCALE_DIR:-$ROOT/.pgtest/bench}" \
+        "/tmp/$MI_EXTENSION.bench-$(id -u)")
     SCALE_DIR=$parent/$SCALE_PORT
     cluster_stop "$SCALE_DIR"
     rm -rf "$SCALE_DIR"

@@ -835,6 +835,32 @@ fn show(c: &mut Client, setting: &str) -> String {
         .unwrap_or_else(|e| format!("? ({e})"))
 }
 
+/// The server's data directory with the filesystem it is on and that
+/// filesystem's mount options (from /proc/mounts: the server runs on this
+/// machine). They matter to dropping a partition: its files are given back at
+/// commit, and on a filesystem mounted with `discard` the kernel trims every
+/// freed extent before the truncate returns.
+fn data_directory_fs(c: &mut Client) -> String {
+    let dir = show(c, "data_directory");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let found = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4).then(|| (f[0], f[1], f[2], f[3]))
+        })
+        .filter(|(_, at, _, _)| {
+            dir == *at || dir.starts_with(&format!("{}/", at.trim_end_matches('/')))
+        })
+        .max_by_key(|(_, at, _, _)| at.len());
+    match found {
+        Some((device, at, fs, options)) => {
+            format!("{dir}: {fs} on {device}, mounted at {at} ({options})")
+        }
+        None => format!("{dir} (its filesystem is not in /proc/mounts here)"),
+    }
+}
+
 /// Does this ELF file have a .debug_info section? (A debug build has; a release
 /// build with the default `debug = false` is stripped of it.)
 fn elf_has_debug_info(path: &str) -> Option<bool> {
@@ -906,6 +932,7 @@ fn print_machine(c: &mut Client) -> Res<()> {
     ] {
         println!("  {s:<20} {}", show(c, s));
     }
+    println!("  data directory       {}", data_directory_fs(c));
     let ext: String = c
         .query_one(
             "SELECT extversion FROM pg_extension WHERE extname = 'metrics_ingest'",

@@ -146,6 +146,9 @@ struct Load {
     wall_secs: f64,
     /// Generated rows per UTC day (days since 1970-01-01).
     per_day: BTreeMap<i64, i64>,
+    /// Seconds of ingest_json per UTC day: each call's time shared among the days
+    /// of its rows in proportion to their number.
+    day_secs: BTreeMap<i64, f64>,
     /// The generated sessions.
     sessions: SessionStats,
 }
@@ -157,6 +160,15 @@ impl Load {
     }
     fn first_last(&self) -> (f64, f64) {
         (self.rate(0), self.rate(self.steps.len() - 1))
+    }
+    /// rows/s per day of event time, for every day but the last (a partial one).
+    fn day_rates(&self) -> Vec<(i64, f64)> {
+        let full = self.per_day.len().saturating_sub(1);
+        self.per_day
+            .iter()
+            .take(full)
+            .map(|(day, rows)| (*day, *rows as f64 / self.day_secs[day]))
+            .collect()
     }
 }
 
@@ -247,6 +259,7 @@ fn load(c: &mut Client, s: &Scale, label: &str) -> Res<Load> {
         ingest_secs: 0.0,
         wall_secs: 0.0,
         per_day: BTreeMap::new(),
+        day_secs: BTreeMap::new(),
         sessions: SessionStats::default(),
     };
     let started = Instant::now();
@@ -256,11 +269,9 @@ fn load(c: &mut Client, s: &Scale, label: &str) -> Res<Load> {
         let next_boundary = (done / s.step + 1) * s.step;
         let n = s.batch.min(s.rows - done).min(next_boundary - done);
         let batch: Vec<events::Event> = generator.by_ref().take(n).collect();
+        let mut batch_days: BTreeMap<i64, usize> = BTreeMap::new();
         for e in &batch {
-            *result
-                .per_day
-                .entry(e.unix_us.div_euclid(DAY_US))
-                .or_default() += 1;
+            *batch_days.entry(e.unix_us.div_euclid(DAY_US)).or_default() += 1;
             result.sessions.add(e);
         }
         let json = events::json_array(&batch);
@@ -276,6 +287,10 @@ fn load(c: &mut Client, s: &Scale, label: &str) -> Res<Load> {
                 done + n
             )
             .into());
+        }
+        for (day, rows) in batch_days {
+            *result.per_day.entry(day).or_default() += rows as i64;
+            *result.day_secs.entry(day).or_default() += secs * rows as f64 / n as f64;
         }
         done += n;
         step_rows += n;
@@ -298,6 +313,24 @@ fn load(c: &mut Client, s: &Scale, label: &str) -> Res<Load> {
     }
     result.wall_secs = started.elapsed().as_secs_f64();
     Ok(result)
+}
+
+/// rows/s per day of event time (every day but the last, partial one).
+fn print_day_rates(label: &str, load: &Load) {
+    let rates: Vec<String> = load
+        .day_rates()
+        .iter()
+        .map(|(day, rate)| {
+            let date = events::iso_utc_ms(day * 86_400_000, false);
+            format!("{} {}", &date[5..10], fmt_int(*rate))
+        })
+        .collect();
+    if !rates.is_empty() {
+        println!(
+            "  {label} rows/s per day of event time: {}",
+            rates.join(", ")
+        );
+    }
 }
 
 /// Compares the rows per day the table holds with the generated ones, and that
@@ -604,6 +637,7 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         gb(idx_a),
         parts_a
     );
+    print_day_rates("(a)", &load_a);
     for line in load_a.sessions.lines() {
         println!("  sessions: {line}");
     }
@@ -720,6 +754,7 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         gb(heap_b),
         gb(idx_b)
     );
+    print_day_rates("(b)", &load_b);
     let (p, sum_b) = check_rows(&mut b, "(b)", &load_b, !s.full)?;
     problems.extend(p);
     if sum_a != sum_b {
@@ -799,6 +834,7 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         gb(idx_b)
     );
     let ratio_a = a_last / a_first;
+    let days_a = load_a.day_rates();
     println!(
         "  ingest (a) partitioned:   first {step_name} {:>8} rows/s, last {:>8} rows/s: last/first {ratio_a:.2}   target >= 0.90 {}",
         fmt_int(a_first),
@@ -811,6 +847,14 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         fmt_int(b_last),
         b_last / b_first
     );
+    if let (Some(first), Some(last)) = (days_a.first(), days_a.last()) {
+        println!(
+            "  ingest (a) per day:       first day {:>8} rows/s, last full day {:>8} rows/s: {:.2}   (information: each day a partition)",
+            fmt_int(first.1),
+            fmt_int(last.1),
+            last.1 / first.1
+        );
+    }
     println!(
         "  ingest overall            (a) {} rows/s, (b) {} rows/s: (a)/(b) {:.2}; last {step_name}: (a)/(b) {:.2}",
         fmt_int(s.rows as f64 / load_a.ingest_secs),
