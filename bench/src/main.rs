@@ -179,6 +179,9 @@ impl CompareArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Method {
     Copy,
+    /// COPY into an unpartitioned table with the same keys and indexes (issue 9's
+    /// wording of the cost target).
+    CopyPlain,
     Populate,
     IngestJson,
     Seed000Copy,
@@ -192,8 +195,9 @@ enum Method {
     IngestJsonBad,
 }
 
-const METHODS: [Method; 8] = [
+const METHODS: [Method; 9] = [
     Method::Copy,
+    Method::CopyPlain,
     Method::Populate,
     Method::IngestJson,
     Method::Seed000Copy,
@@ -215,6 +219,7 @@ impl Method {
     fn name(self) -> &'static str {
         match self {
             Method::Copy => "COPY csv",
+            Method::CopyPlain => "COPY csv into a plain table",
             Method::Populate => "INSERT ... json_populate_recordset",
             Method::IngestJson => "ingest_json",
             Method::Seed000Copy => "COPY csv into seed 000's table",
@@ -230,6 +235,7 @@ impl Method {
     fn target(self) -> &'static str {
         match self {
             Method::Copy | Method::CopyOnErrorIgnore => "bench.copy_target",
+            Method::CopyPlain => "bench.copy_plain",
             Method::Populate => "bench.populate_target",
             Method::IngestJson
             | Method::IngestJsonBad
@@ -379,6 +385,12 @@ fn load(client: &mut Client, st: &Statements, m: Method, w: &Work) -> Res<u64> {
     match m {
         Method::Copy => {
             let sql = format!("COPY bench.copy_target ({COPY_COLUMNS}) FROM STDIN (FORMAT csv)");
+            for chunk in &w.csv {
+                stored += copy_in(client, &sql, chunk)?;
+            }
+        }
+        Method::CopyPlain => {
+            let sql = format!("COPY bench.copy_plain ({COPY_COLUMNS}) FROM STDIN (FORMAT csv)");
             for chunk in &w.csv {
                 stored += copy_in(client, &sql, chunk)?;
             }
@@ -719,6 +731,15 @@ fn setup_database(o: &Opts) -> Res<Config> {
          CREATE INDEX ON bench.insert_target (session_id, \"timestamp\") WHERE session_id IS NOT NULL;
          CREATE INDEX ON bench.insert_target (metric_type, \"timestamp\");
          CREATE INDEX ON bench.insert_target USING brin (\"timestamp\");
+         -- the same keys and indexes on a plain table (issue 9 states its cost target so)
+         CREATE TABLE bench.copy_plain (LIKE metrics_ingest.metrics INCLUDING ALL);
+         ALTER TABLE bench.copy_plain ADD PRIMARY KEY (user_id, \"timestamp\", id);
+         CREATE UNIQUE INDEX ON bench.copy_plain (user_id, event_id, metric_type, \"timestamp\")
+             WHERE event_id IS NOT NULL;
+         CREATE INDEX ON bench.copy_plain (session_id, \"timestamp\") WHERE session_id IS NOT NULL;
+         CREATE INDEX ON bench.copy_plain (metric_type, \"timestamp\");
+         CREATE INDEX ON bench.copy_plain USING brin (\"timestamp\");
+         ALTER TABLE bench.copy_plain SET (autovacuum_enabled = off);
          CREATE TABLE bench.seed000 (
              id serial PRIMARY KEY,
              \"timestamp\" timestamp,
@@ -1483,6 +1504,12 @@ fn run_compare(o: Opts) -> Res<i32> {
                 .join(", ")
         );
     }
+    ratio_line(
+        "ingest_json / COPY into a plain table (issue 9's wording)",
+        Method::IngestJson,
+        Method::CopyPlain,
+        Some(0.9),
+    );
     if let Some(p) = parts.get(&Method::IngestJson) {
         println!(
             "  with users, sessions and daily totals maintained: a run of {} rows in {} ingest_json calls \
@@ -1607,6 +1634,7 @@ fn run_compare(o: Opts) -> Res<i32> {
 fn number(m: Method) -> &'static str {
     match m {
         Method::Copy => "1",
+        Method::CopyPlain => "1b",
         Method::Populate => "2",
         Method::IngestJson => "3",
         Method::InsertAutocommit => "4a",
@@ -1622,6 +1650,7 @@ fn number(m: Method) -> &'static str {
 fn short(m: Method) -> &'static str {
     match m {
         Method::Copy => "copy",
+        Method::CopyPlain => "copy-plain",
         Method::Populate => "populate",
         Method::IngestJson => "ingest_json",
         Method::InsertAutocommit => "insert",
