@@ -53,34 +53,31 @@ const INSERT_USERS: &str = "INSERT INTO metrics_ingest.users (user_id, name, ema
      ON CONFLICT (user_id) DO NOTHING";
 
 /// The second statement: a field applies when its element is at least as new as
-/// the row's profile_time (read again from the row as locked).
+/// the row's profile_time. The new values are computed where the row is locked:
+/// under READ COMMITTED, FOR NO KEY UPDATE re-evaluates them on the row's latest
+/// version, which no one else can then change, so the UPDATE only writes them.
 const UPDATE_USERS: &str = "WITH p AS ( \
              SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
                  pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), \
                  pg_catalog.unnest($6)) \
              AS p(user_id, name, name_time, email, email_time, profile_time)), \
          changed AS ( \
-             SELECT x.user_id FROM metrics_ingest.users x JOIN p ON p.user_id = x.user_id \
-             WHERE (CASE WHEN p.name_time >= x.profile_time THEN p.name ELSE x.name END, \
-                    CASE WHEN p.email_time >= x.profile_time THEN p.email ELSE x.email END) \
-                   IS DISTINCT FROM (x.name, x.email) \
+             SELECT x.user_id, n.name, n.email, \
+                 CASE WHEN p.profile_time >= x.profile_time \
+                      AND ((p.name_time = p.profile_time AND p.name IS DISTINCT FROM x.name) \
+                        OR (p.email_time = p.profile_time AND p.email IS DISTINCT FROM x.email)) \
+                 THEN p.profile_time \
+                 ELSE LEAST(p.name_time, p.email_time) END AS profile_time \
+             FROM metrics_ingest.users x JOIN p ON p.user_id = x.user_id \
+             CROSS JOIN LATERAL (SELECT \
+                 CASE WHEN p.name_time >= x.profile_time THEN p.name ELSE x.name END AS name, \
+                 CASE WHEN p.email_time >= x.profile_time THEN p.email ELSE x.email END AS email) n \
+             WHERE (n.name, n.email) IS DISTINCT FROM (x.name, x.email) \
              ORDER BY x.user_id COLLATE \"C\" \
              FOR NO KEY UPDATE OF x) \
-         UPDATE metrics_ingest.users u SET \
-             name = CASE WHEN p.name_time >= u.profile_time THEN p.name ELSE u.name END, \
-             email = CASE WHEN p.email_time >= u.profile_time THEN p.email ELSE u.email END, \
-             profile_time = CASE \
-                 WHEN p.profile_time >= u.profile_time \
-                      AND ((p.name_time = p.profile_time AND p.name IS DISTINCT FROM u.name) \
-                        OR (p.email_time = p.profile_time AND p.email IS DISTINCT FROM u.email)) \
-                 THEN p.profile_time \
-                 ELSE LEAST(p.name_time, p.email_time) END, \
-             updated_at = pg_catalog.now() \
-         FROM p JOIN changed c ON c.user_id = p.user_id \
-         WHERE u.user_id = p.user_id \
-           AND (CASE WHEN p.name_time >= u.profile_time THEN p.name ELSE u.name END, \
-                CASE WHEN p.email_time >= u.profile_time THEN p.email ELSE u.email END) \
-               IS DISTINCT FROM (u.name, u.email)";
+         UPDATE metrics_ingest.users u SET name = c.name, email = c.email, \
+             profile_time = c.profile_time, updated_at = pg_catalog.now() \
+         FROM changed c WHERE u.user_id = c.user_id";
 
 thread_local! {
     static PARTS_PLAN: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
