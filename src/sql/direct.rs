@@ -36,7 +36,7 @@ use std::rc::Rc;
 
 use pgrx::{pg_sys, PgMemoryContexts};
 
-use super::datum::{jsonb_datum, supplied_values, Column, EVENT_KEY};
+use super::datum::{copy_varlena, jsonb_datum, supplied_values, Column, EVENT_KEY};
 use super::errors::raise_internal;
 use super::pg_compat;
 use super::sink::{LateRepeat, Repeat, Sink, Stored};
@@ -507,8 +507,19 @@ impl Sink for DirectLeaf {
             self.flush();
         }
         let attributes = element.context.attributes.as_deref().map(|json| {
-            // SAFETY: the batch context lives until the rows built from it are written.
-            unsafe { self.batch_context.switch_to(|_| jsonb_datum(json)) }
+            // jsonb_in leaves a few kB of parser state behind per call: it runs in
+            // the per-tuple memory, reset at once as COPY resets its per-row
+            // context, and only the jsonb value is copied into the batch context,
+            // so the batch's memory stays small and in cache.
+            // SAFETY: the per-tuple context holds nothing else between rows; the
+            // batch context lives until the rows built from it are written.
+            unsafe {
+                let scratch = (*self.econtext).ecxt_per_tuple_memory;
+                let parsed = PgMemoryContexts::For(scratch).switch_to(|_| jsonb_datum(json));
+                let kept = self.batch_context.switch_to(|_| copy_varlena(parsed));
+                pg_sys::MemoryContextReset(scratch);
+                kept
+            }
         });
         let mut stored = Stored::default();
         let has_event = element.context.event_id.is_some();
