@@ -74,22 +74,85 @@ struct Row {
     value: f64,
 }
 
-/// What sessions and users need of an element: nothing (16 bytes) unless it
-/// names a session or carries a profile.
+/// What sessions and users need of an element (24 bytes): its time, which of
+/// the call's distinct (user, session, values) it names, and its profile.
 struct Element {
     unix_us: i64,
-    about: Option<Box<About>>,
+    /// Index in `Abouts::list`, or `NO_ABOUT` when the element names no session
+    /// and carries no profile.
+    about: u32,
+    profile: Option<Box<Profile>>,
     /// A row of it was refused (conflict, kept out by a trigger): its profile
     /// is not applied.
     refused: bool,
 }
 
+const NO_ABOUT: u32 = u32::MAX;
+
+/// A user, and when the element names a session: session_id, device_id,
+/// app_version, platform, location.
 struct About {
     user_id: String,
-    /// session_id, device_id, app_version, platform, location: when the
-    /// element names a session.
     session: Option<[Option<String>; 5]>,
-    profile: Option<Profile>,
+}
+
+impl About {
+    /// device_id, app_version, platform or location (`field` 0 to 3).
+    fn value(&self, field: usize) -> &Option<String> {
+        match &self.session {
+            Some(values) => &values[field + 1],
+            None => &None,
+        }
+    }
+}
+
+/// The call's distinct `About`s, each kept once: a call's elements mostly
+/// repeat a few hundred sessions, so an element costs one lookup of a key
+/// built in a reused buffer rather than six copies of its strings.
+#[derive(Default)]
+struct Abouts {
+    index: HashMap<Vec<u8>, u32>,
+    list: Vec<About>,
+    key: Vec<u8>,
+}
+
+impl Abouts {
+    fn intern(&mut self, user_id: &str, session: Option<[Option<&String>; 5]>) -> u32 {
+        // Each field as a tag byte, then its length and bytes: no two tuples
+        // share a key, whatever their text holds.
+        self.key.clear();
+        let fields = session.iter().flatten();
+        for field in std::iter::once(Some(user_id)).chain(fields.map(|f| f.map(String::as_str))) {
+            match field {
+                None => self.key.push(0),
+                Some(text) => {
+                    self.key.push(1);
+                    self.key
+                        .extend_from_slice(&(text.len() as u64).to_le_bytes());
+                    self.key.extend_from_slice(text.as_bytes());
+                }
+            }
+        }
+        if let Some(&i) = self.index.get(self.key.as_slice()) {
+            return i;
+        }
+        let i = self.list.len() as u32;
+        self.list.push(About {
+            user_id: user_id.to_owned(),
+            session: session.map(|values| values.map(|v| v.cloned())),
+        });
+        self.index.insert(self.key.clone(), i);
+        i
+    }
+}
+
+/// A session as the call's elements build it up: each of device_id,
+/// app_version, platform and location names the `About` it currently comes from.
+struct SessionAcc {
+    start_us: i64,
+    end_us: i64,
+    metric_count: i64,
+    values_from: [u32; 4],
 }
 
 #[derive(Default)]
@@ -98,6 +161,7 @@ pub struct Rollup {
     /// Rows found not stored after all, by index in `rows`.
     not_stored: Vec<bool>,
     elements: Vec<Element>,
+    abouts: Abouts,
     metric_types: Vec<String>,
 }
 
@@ -126,23 +190,23 @@ impl Rollup {
         }
         let session = context.session_id.as_ref().map(|session_id| {
             [
-                Some(session_id.clone()),
-                context.device_id.clone(),
-                context.app_version.clone(),
-                context.platform.clone(),
-                context.location.clone(),
+                Some(session_id),
+                context.device_id.as_ref(),
+                context.app_version.as_ref(),
+                context.platform.as_ref(),
+                context.location.as_ref(),
             ]
         });
-        let profile = (!context.profile.is_empty()).then(|| context.profile.clone());
+        let profile = (!context.profile.is_empty()).then(|| Box::new(context.profile.clone()));
+        let about = if session.is_some() || profile.is_some() {
+            self.abouts.intern(&context.user_id, session)
+        } else {
+            NO_ABOUT
+        };
         self.elements.push(Element {
             unix_us: context.unix_us,
-            about: (session.is_some() || profile.is_some()).then(|| {
-                Box::new(About {
-                    user_id: context.user_id.clone(),
-                    session,
-                    profile,
-                })
-            }),
+            about,
+            profile,
             refused: false,
         });
     }
@@ -171,75 +235,99 @@ impl Rollup {
     }
 
     pub fn finish(self) -> Summary {
-        let mut daily: HashMap<(i32, u16), DailyPart> = HashMap::new();
+        let mut daily: Vec<DailyPart> = Vec::new();
+        let mut daily_index: HashMap<(i32, u16), usize> = HashMap::new();
+        // The (day, part) each type's last row went to: a call's rows mostly
+        // share a day, so most rows skip the hash.
+        let mut last: Vec<Option<(i32, usize)>> = vec![None; self.metric_types.len()];
         let mut stored_rows = vec![0i64; self.elements.len()];
         let stored = |i: usize| self.not_stored.get(i) != Some(&true);
         for (_, row) in self.rows.iter().enumerate().filter(|(i, _)| stored(*i)) {
             stored_rows[row.element as usize] += 1;
-            daily
-                .entry((row.unix_day, row.type_index))
-                .and_modify(|d| {
-                    d.samples += 1;
-                    d.total += row.value;
-                    d.min = d.min.min(row.value);
-                    d.max = d.max.max(row.value);
-                })
-                .or_insert_with(|| DailyPart {
-                    unix_day: row.unix_day,
-                    metric_type: self.metric_types[row.type_index as usize].clone(),
-                    samples: 1,
-                    total: row.value,
-                    min: row.value,
-                    max: row.value,
-                });
+            let slot = &mut last[row.type_index as usize];
+            let i = match *slot {
+                Some((day, i)) if day == row.unix_day => i,
+                _ => {
+                    let i = *daily_index
+                        .entry((row.unix_day, row.type_index))
+                        .or_insert_with(|| {
+                            daily.push(DailyPart {
+                                unix_day: row.unix_day,
+                                metric_type: self.metric_types[row.type_index as usize].clone(),
+                                samples: 0,
+                                total: 0.0,
+                                min: f64::INFINITY,
+                                max: f64::NEG_INFINITY,
+                            });
+                            daily.len() - 1
+                        });
+                    *slot = Some((row.unix_day, i));
+                    i
+                }
+            };
+            let d = &mut daily[i];
+            d.samples += 1;
+            d.total += row.value;
+            d.min = d.min.min(row.value);
+            d.max = d.max.max(row.value);
         }
 
-        let mut sessions: HashMap<(&str, &str), SessionPart> = HashMap::new();
+        // The call's sessions: `About`s of the same (user, session) with other
+        // values are one session.
+        let abouts = &self.abouts.list;
+        let mut session_of: Vec<usize> = Vec::with_capacity(abouts.len());
+        let mut session_keys: HashMap<(&str, &str), usize> = HashMap::new();
+        for about in abouts {
+            let key = about
+                .session
+                .as_ref()
+                .and_then(|values| values[0].as_deref())
+                .map(|session_id| (about.user_id.as_str(), session_id));
+            session_of.push(match key {
+                Some(key) => {
+                    let next = session_keys.len();
+                    *session_keys.entry(key).or_insert(next)
+                }
+                None => usize::MAX,
+            });
+        }
+        let mut sessions: Vec<Option<SessionAcc>> = Vec::new();
+        sessions.resize_with(session_keys.len(), || None);
         let mut profiles: HashMap<&str, ProfilePart> = HashMap::new();
         for (element, &count) in self.elements.iter().zip(&stored_rows) {
-            let Some(about) = element.about.as_deref() else {
+            if element.about == NO_ABOUT || count == 0 {
                 continue;
-            };
-            if let (Some([Some(session_id), device_id, app_version, platform, location]), true) =
-                (&about.session, count > 0)
-            {
-                let values = [device_id, app_version, platform, location];
-                sessions
-                    .entry((about.user_id.as_str(), session_id.as_str()))
-                    .and_modify(|s| s.merge(element.unix_us, count, values))
-                    .or_insert_with(|| SessionPart {
-                        user_id: about.user_id.clone(),
-                        session_id: session_id.clone(),
-                        start_us: element.unix_us,
-                        end_us: element.unix_us,
-                        metric_count: count,
-                        device_id: device_id.clone(),
-                        app_version: app_version.clone(),
-                        platform: platform.clone(),
-                        location: location.clone(),
-                    });
+            }
+            let about = element.about;
+            let at = element.unix_us;
+            if let Some(acc) = sessions.get_mut(session_of[about as usize]) {
+                match acc {
+                    None => {
+                        *acc = Some(SessionAcc {
+                            start_us: at,
+                            end_us: at,
+                            metric_count: count,
+                            values_from: [about; 4],
+                        })
+                    }
+                    Some(acc) => acc.merge(abouts, at, count, about),
+                }
             }
             // A profile counts from an element that stored a row: a retry (all
             // duplicates) changes nothing, a refused element neither.
-            let Some(profile) = about
-                .profile
-                .as_ref()
-                .filter(|_| count > 0 && !element.refused)
-            else {
+            let Some(profile) = element.profile.as_deref().filter(|_| !element.refused) else {
                 continue;
             };
             // Elements come in ordinal order: on equal times the later one wins.
-            let part = profiles
-                .entry(about.user_id.as_str())
-                .or_insert_with(|| ProfilePart {
-                    user_id: about.user_id.clone(),
-                    time_us: i64::MIN,
-                    name: None,
-                    name_us: i64::MIN,
-                    email: None,
-                    email_us: i64::MIN,
-                });
-            let at = element.unix_us;
+            let user_id = abouts[about as usize].user_id.as_str();
+            let part = profiles.entry(user_id).or_insert_with(|| ProfilePart {
+                user_id: user_id.to_owned(),
+                time_us: i64::MIN,
+                name: None,
+                name_us: i64::MIN,
+                email: None,
+                email_us: i64::MIN,
+            });
             part.time_us = part.time_us.max(at);
             if profile.name.is_some() && at >= part.name_us {
                 part.name.clone_from(&profile.name);
@@ -251,9 +339,25 @@ impl Rollup {
             }
         }
 
+        let mut session_parts: Vec<SessionPart> = Vec::with_capacity(sessions.len());
+        for ((user_id, session_id), i) in session_keys {
+            let Some(acc) = &sessions[i] else { continue };
+            let value = |field: usize| abouts[acc.values_from[field] as usize].value(field).clone();
+            session_parts.push(SessionPart {
+                user_id: user_id.to_owned(),
+                session_id: session_id.to_owned(),
+                start_us: acc.start_us,
+                end_us: acc.end_us,
+                metric_count: acc.metric_count,
+                device_id: value(0),
+                app_version: value(1),
+                platform: value(2),
+                location: value(3),
+            });
+        }
         let mut summary = Summary {
-            daily: daily.into_values().collect(),
-            sessions: sessions.into_values().collect(),
+            daily,
+            sessions: session_parts,
             profiles: profiles.into_values().collect(),
         };
         // A fixed order: the delta rows of concurrent calls lock nothing, but
@@ -270,26 +374,20 @@ impl Rollup {
     }
 }
 
-impl SessionPart {
-    fn merge(&mut self, unix_us: i64, count: i64, values: [&Option<String>; 4]) {
+impl SessionAcc {
+    /// Adds `count` rows of the element at `unix_us` naming `about`.
+    fn merge(&mut self, abouts: &[About], unix_us: i64, count: i64, about: u32) {
         self.start_us = self.start_us.min(unix_us);
         self.metric_count += count;
-        let mine = [
-            &mut self.device_id,
-            &mut self.app_version,
-            &mut self.platform,
-            &mut self.location,
-        ];
         if unix_us > self.end_us {
             self.end_us = unix_us;
-            for (mine, theirs) in mine.into_iter().zip(values) {
-                mine.clone_from(theirs);
-            }
+            self.values_from = [about; 4];
         } else if unix_us == self.end_us {
             // None < Some, and String orders by bytes: COLLATE "C"'s greatest.
-            for (mine, theirs) in mine.into_iter().zip(values) {
-                if *theirs > *mine {
-                    mine.clone_from(theirs);
+            let theirs = &abouts[about as usize];
+            for (field, from) in self.values_from.iter_mut().enumerate() {
+                if theirs.value(field) > abouts[*from as usize].value(field) {
+                    *from = about;
                 }
             }
         }
