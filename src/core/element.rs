@@ -1240,10 +1240,22 @@ impl Attributes {
     fn add(&mut self, key: &str, raw: &RawValue) -> Result<(), Rejection> {
         let value = raw.get();
         check_for_jsonb(key, value)?;
-        self.text.push(if self.text.is_empty() { '{' } else { ',' });
-        // Keys are re-escaped: the key as decoded may differ from its raw spelling.
-        self.text
-            .push_str(&serde_json::to_string(key).map_err(|e| bad_json(key, e))?);
+        if self.text.is_empty() {
+            self.text.reserve(64);
+            self.text.push('{');
+        } else {
+            self.text.push(',');
+        }
+        // Keys are re-escaped: the key as decoded may differ from its raw
+        // spelling. A key of letters, digits and underscores needs no escape.
+        if key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            self.text.push('"');
+            self.text.push_str(key);
+            self.text.push('"');
+        } else {
+            self.text
+                .push_str(&serde_json::to_string(key).map_err(|e| bad_json(key, e))?);
+        }
         self.text.push(':');
         self.text.push_str(value);
         if self.text.len() > MAX_ATTRIBUTES_BYTES {

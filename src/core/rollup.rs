@@ -128,7 +128,7 @@ impl Abouts {
                 Some(text) => {
                     self.key.push(1);
                     self.key
-                        .extend_from_slice(&(text.len() as u64).to_le_bytes());
+                        .extend_from_slice(&(text.len() as u32).to_le_bytes());
                     self.key.extend_from_slice(text.as_bytes());
                 }
             }
