@@ -130,6 +130,10 @@ struct CompareArgs {
     /// generator seed
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// also write the bulk runs' batches to DIR (bNNN.csv for COPY, bNNN.json
+    /// for ingest_json), to replay or profile the server side on its own
+    #[arg(long, value_name = "DIR")]
+    save_payloads: Option<std::path::PathBuf>,
     /// smoke test: 20000 rows, 2 rounds, 1000 single rows, 8 MiB memory payload
     #[arg(long)]
     quick: bool,
@@ -146,6 +150,7 @@ struct Opts {
     single_rows: usize,
     memory_mb: usize,
     seed: u64,
+    save_payloads: Option<std::path::PathBuf>,
     keep_db: bool,
     quick: bool,
 }
@@ -163,6 +168,7 @@ impl CompareArgs {
                 .unwrap_or(if quick { 1_000 } else { 5_000 }),
             memory_mb: self.memory_mb.unwrap_or(if quick { 8 } else { 64 }),
             seed: self.seed,
+            save_payloads: self.save_payloads,
             keep_db: self.server.keep_db,
             quick,
         };
@@ -1284,6 +1290,13 @@ fn run_compare(o: Opts) -> Res<i32> {
     let warm_events: Vec<Event> = Generator::new(o.seed.wrapping_add(7)).take(500).collect();
     let warm = Work::new(&warm_events, &warm_events[..100], o.batch);
     let partitions = partition_targets(&mut c, &[&all, &warm_events], o.seed)?;
+    if let Some(dir) = &o.save_payloads {
+        std::fs::create_dir_all(dir)?;
+        for (i, (csv, json)) in work.csv.iter().zip(&work.json).enumerate() {
+            std::fs::write(dir.join(format!("b{i:03}.csv")), csv)?;
+            std::fs::write(dir.join(format!("b{i:03}.json")), json)?;
+        }
+    }
     // COPY's ON_ERROR option exists from PostgreSQL 17 on.
     let server_version: i32 = c
         .query_one("SELECT current_setting('server_version_num')::int", &[])?
@@ -1463,23 +1476,16 @@ fn run_compare(o: Opts) -> Res<i32> {
             None => println!("  {label:<58} {r:>6.2}   (information)"),
         }
     };
-    ratio_line(
-        "ingest_json / COPY",
-        Method::IngestJson,
-        Method::Copy,
-        Some(0.9),
-    );
-    {
-        // Within a round the two run minutes apart at most: their ratio follows
-        // the machine's load less than the ratio of medians over all rounds.
-        let per_round: Vec<f64> = rates[&Method::IngestJson]
+    // Within a round the two run minutes apart at most: their ratio follows the
+    // machine's load less than the ratio of medians over all rounds.
+    let per_round_line = |label: &str, a: Method, b: Method| {
+        let per_round: Vec<f64> = rates[&a]
             .iter()
-            .zip(&rates[&Method::Copy])
+            .zip(&rates[&b])
             .map(|(a, b)| a / b)
             .collect();
         println!(
-            "  {:<58} {:>6.2}   (information: per round {})",
-            "ingest_json / COPY, median of the rounds' own ratios",
+            "  {label:<58} {:>6.2}   (information: per round {})",
             median(&per_round),
             per_round
                 .iter()
@@ -1487,12 +1493,28 @@ fn run_compare(o: Opts) -> Res<i32> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-    }
+    };
+    ratio_line(
+        "ingest_json / COPY",
+        Method::IngestJson,
+        Method::Copy,
+        Some(0.9),
+    );
+    per_round_line(
+        "ingest_json / COPY, median of the rounds' own ratios",
+        Method::IngestJson,
+        Method::Copy,
+    );
     ratio_line(
         "ingest_json / COPY into a plain table (issue 9's wording)",
         Method::IngestJson,
         Method::CopyPlain,
         Some(0.9),
+    );
+    per_round_line(
+        "ingest_json / plain-table COPY, median of rounds' ratios",
+        Method::IngestJson,
+        Method::CopyPlain,
     );
     if let Some(p) = parts.get(&Method::IngestJson) {
         println!(
