@@ -192,23 +192,6 @@ pub fn jsonb_datum(json: &str) -> pg_sys::Datum {
     .unwrap_or_else(|| raise_internal("attributes", "jsonb_in returned NULL"))
 }
 
-/// A copy, in the current memory context, of an in-line (not toasted) varlena
-/// datum such as jsonb_in returns.
-///
-/// # Safety
-/// `datum` must point to an in-line varlena.
-pub unsafe fn copy_varlena(datum: pg_sys::Datum) -> pg_sys::Datum {
-    // SAFETY: the caller passes an in-line varlena, whose header gives its size;
-    // palloc raises rather than returning NULL.
-    unsafe {
-        let source = datum.cast_mut_ptr::<pg_sys::varlena>();
-        let size = pgrx::varlena::varsize_any(source);
-        let copy = pg_sys::palloc(size);
-        std::ptr::copy_nonoverlapping(source.cast::<u8>(), copy.cast::<u8>(), size);
-        pg_sys::Datum::from(copy)
-    }
-}
-
 /// jsonb's text form through jsonb_out: no serde_json value in between, so no
 /// nesting limit is hit before the core sees (and judges) the text.
 ///

@@ -36,7 +36,7 @@ use std::rc::Rc;
 
 use pgrx::{pg_sys, PgMemoryContexts};
 
-use super::datum::{copy_varlena, jsonb_datum, supplied_values, Column, EVENT_KEY};
+use super::datum::{jsonb_datum, supplied_values, Column, EVENT_KEY};
 use super::errors::raise_internal;
 use super::pg_compat;
 use super::sink::{LateRepeat, Repeat, Sink, Stored};
@@ -512,13 +512,17 @@ impl Sink for DirectLeaf {
             // context, and only the jsonb value is copied into the batch context,
             // so the batch's memory stays small and in cache.
             // SAFETY: the per-tuple context holds nothing else between rows; the
-            // batch context lives until the rows built from it are written.
+            // batch context lives until the rows built from it are written;
+            // jsonb_in returns a varlena, which pg_detoast_datum_copy copies into
+            // the current context.
             unsafe {
                 let scratch = (*self.econtext).ecxt_per_tuple_memory;
                 let parsed = PgMemoryContexts::For(scratch).switch_to(|_| jsonb_datum(json));
-                let kept = self.batch_context.switch_to(|_| copy_varlena(parsed));
+                let kept = self.batch_context.switch_to(|_| {
+                    pg_sys::pg_detoast_datum_copy(parsed.cast_mut_ptr::<pg_sys::varlena>())
+                });
                 pg_sys::MemoryContextReset(scratch);
-                kept
+                pg_sys::Datum::from(kept)
             }
         });
         let mut stored = Stored::default();
