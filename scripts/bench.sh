@@ -28,7 +28,9 @@
 # below the 4.4 GB the unpartitioned table's indexes reach at 20 million rows,
 # well above what one day's partition needs; the group's page cache counts),
 # with shared_buffers METRICS_INGEST_BENCH_SHARED_BUFFERS (default 512MB, a
-# quarter of the limit) and autovacuum off. The limit is printed; without a
+# quarter of the limit), max_wal_size METRICS_INGEST_BENCH_MAX_WAL_SIZE (default
+# 8GB; less where the data directory's filesystem is small) and autovacuum off.
+# The limit is printed; without a
 # writable /sys/fs/cgroup/memory (not root, cgroup v2 only) that is printed and
 # the run goes on without a limit. The cluster is stopped at the end.
 # METRICS_INGEST_BENCH_SCALE_DIR puts the cluster under another directory (for
@@ -77,6 +79,7 @@ if [[ ${1:-} == scale ]]; then MODE=scale; fi
 SCALE_PORT=${METRICS_INGEST_BENCH_SCALE_PORT:-54331}
 MEMORY_LIMIT=${METRICS_INGEST_BENCH_MEMORY_LIMIT:-2G}
 SHARED_BUFFERS=${METRICS_INGEST_BENCH_SHARED_BUFFERS:-512MB}
+MAX_WAL_SIZE=${METRICS_INGEST_BENCH_MAX_WAL_SIZE:-8GB}
 CGROUP=/sys/fs/cgroup/memory/metrics_ingest_bench.$SCALE_PORT
 SCALE_DIR=""
 
@@ -111,11 +114,11 @@ scale_cluster_start() {
     cluster_stop "$SCALE_DIR"
     printf '%s\n' "" "# --- added by scripts/bench.sh (scale run) ---" \
         "shared_buffers = '$SHARED_BUFFERS'" \
-        "max_wal_size = '8GB'" \
+        "max_wal_size = '$MAX_WAL_SIZE'" \
         "checkpoint_timeout = '15min'" \
         "# no autovacuum landing inside a timed load; the bench runs VACUUM itself" \
         "autovacuum = off" | as_pg tee -a "$SCALE_DIR/postgresql.conf" >/dev/null
-    log "shared_buffers $SHARED_BUFFERS, max_wal_size 8GB, autovacuum off"
+    log "shared_buffers $SHARED_BUFFERS, max_wal_size $MAX_WAL_SIZE, autovacuum off"
     if memory_cgroup_setup; then
         # The postmaster starts from a subshell inside the group: it and every
         # backend it forks are charged there.
