@@ -683,11 +683,11 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
 
     println!();
     println!("dashboard (a): daily_totals and sessions after run_maintenance() compacts the load's rollups");
-    // The month starts on the second day: the first is the one retention drops
-    // below, and reading it six times over just before would leave it in the
-    // page cache, which makes dropping its files cost the kernel more (see the
-    // README's FAQ) and which a day past the horizon would not be. Its last
-    // full read is then the aggregate check's single pass, as (b)'s day is last
+    // The month starts on the second day. The first is the day the retention
+    // step below drops: reading it six times over just before would keep it in
+    // the page cache, where a day past the horizon would not be, and the kernel
+    // takes longer to drop cached files (see the README's FAQ). Its last full
+    // read is then the single pass of the aggregate check, as (b)'s day is last
     // read by the VACUUM before its DELETE.
     let month_from = load_a
         .per_day
