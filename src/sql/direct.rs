@@ -235,7 +235,7 @@ impl DirectLeaf {
             pg_sys::ExecStoreVirtualTuple(slot);
             if self.has_constraints {
                 pg_sys::ExecConstraints(self.rri, slot, self.estate);
-                pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+                reset_if_used((*self.econtext).ecxt_per_tuple_memory);
             }
         }
     }
@@ -255,7 +255,7 @@ impl DirectLeaf {
                 &mut conflict,
                 self.arbiters,
             );
-            pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+            reset_if_used((*self.econtext).ecxt_per_tuple_memory);
             (!free).then(|| self.compare_stored(slot, conflict))
         }
     }
@@ -397,8 +397,8 @@ impl DirectLeaf {
                     Some(&mut conflict),
                     arbiters,
                 );
-                pg_sys::list_free(recheck);
-                pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+                free_list(recheck);
+                reset_if_used((*self.econtext).ecxt_per_tuple_memory);
                 if conflict && !guarded {
                     // Probed free, then taken by another session before this flush:
                     // take this row back out, and let speculative insertion settle it.
@@ -440,8 +440,8 @@ impl DirectLeaf {
                     None,
                     null_mut(),
                 );
-                pg_sys::list_free(recheck);
-                pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+                free_list(recheck);
+                reset_if_used((*self.econtext).ecxt_per_tuple_memory);
                 return None;
             }
             loop {
@@ -469,8 +469,8 @@ impl DirectLeaf {
                 );
                 pg_sys::table_tuple_complete_speculative(self.rel, slot, token, !conflict);
                 pg_sys::SpeculativeInsertionLockRelease(xid);
-                pg_sys::list_free(recheck);
-                pg_sys::MemoryContextReset((*self.econtext).ecxt_per_tuple_memory);
+                free_list(recheck);
+                reset_if_used((*self.econtext).ecxt_per_tuple_memory);
                 if !conflict {
                     return None;
                 }
@@ -571,6 +571,36 @@ impl Sink for DirectLeaf {
             pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         }
         std::mem::take(&mut self.late_repeats)
+    }
+}
+
+/// Resets a per-row context unless nothing was allocated in it since its last
+/// reset and it has no child (the common case: most rows allocate nothing in
+/// it): every call into PostgreSQL passes a guarded FFI boundary (a sigsetjmp),
+/// and this one runs several times per row.
+///
+/// # Safety
+/// `context` is a valid memory context whose allocations nobody still uses.
+unsafe fn reset_if_used(context: pg_sys::MemoryContext) {
+    // SAFETY: these are the two fields MemoryContextReset itself tests before
+    // doing anything: `isReset` is false once anything was allocated since the
+    // last reset, and child contexts are deleted by every reset.
+    unsafe {
+        if !(*context).isReset || !(*context).firstchild.is_null() {
+            pg_sys::MemoryContextReset(context);
+        }
+    }
+}
+
+/// `list_free`, skipped for the empty list (NIL), which is what
+/// ExecInsertIndexTuples returns unless an index needs a recheck.
+///
+/// # Safety
+/// `list` is NIL or a list owned by the caller.
+unsafe fn free_list(list: *mut pg_sys::List) {
+    if !list.is_null() {
+        // SAFETY: a non-NIL list the caller owns, freed once here.
+        unsafe { pg_sys::list_free(list) };
     }
 }
 
