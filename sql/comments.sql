@@ -33,6 +33,8 @@ COMMENT ON FUNCTION metrics_ingest.partition_for(timestamptz) IS
     'The partition holding a time, made (CREATE TABLE, then ATTACH PARTITION) if there is none; called by ingest_json and insert_metric';
 COMMENT ON FUNCTION metrics_ingest.set_partition_interval(interval) IS
     'Sets the width of partitions made from now on (1 hour to 366 days, no months); existing partitions keep theirs';
+COMMENT ON FUNCTION metrics_ingest.check_horizon(interval, text) IS
+    'Used by set_retention and set_rejected_retention: refuses (22023) a retention whose horizon now() - keep is before the earliest time PostgreSQL can hold';
 COMMENT ON FUNCTION metrics_ingest.set_retention(interval) IS
     'Sets how long metrics are kept (NULL: forever). Older elements are rejected; run_maintenance drops older partitions';
 COMMENT ON FUNCTION metrics_ingest.set_rejected_retention(interval) IS

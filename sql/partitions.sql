@@ -121,6 +121,26 @@ BEGIN
 END
 $$;
 
+-- Refuses a retention whose horizon, now() - keep, PostgreSQL cannot compute (a
+-- timestamp before 4713 BC, e.g. '1000000 years'): every later ingest_json, insert_metric
+-- and run_maintenance computes that horizon and would fail with it (since 0.3.1). As time
+-- only moves forward, a horizon computable now stays computable.
+CREATE FUNCTION metrics_ingest.check_horizon(keep interval, setting text)
+RETURNS void
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    horizon timestamptz;
+BEGIN
+    horizon := now() - keep;
+EXCEPTION WHEN datetime_field_overflow THEN
+    RAISE EXCEPTION 'metrics_ingest: % % reaches before the earliest time PostgreSQL can hold', setting, keep
+        USING ERRCODE = 'invalid_parameter_value',
+              HINT = 'NULL keeps everything';
+END
+$$;
+
 -- How long metrics are kept; NULL keeps everything (the default). Elements older than
 -- now() - retention are rejected, and run_maintenance drops partitions entirely older.
 CREATE FUNCTION metrics_ingest.set_retention(keep interval)
@@ -133,6 +153,7 @@ BEGIN
         RAISE EXCEPTION 'metrics_ingest: retention must be positive or NULL, not %', keep
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM metrics_ingest.check_horizon(keep, 'retention');
     INSERT INTO metrics_ingest.settings AS s (retention) VALUES (keep)
     ON CONFLICT (singleton) DO UPDATE SET retention = excluded.retention;
     RETURN keep;
@@ -150,6 +171,7 @@ BEGIN
         RAISE EXCEPTION 'metrics_ingest: rejected retention must be positive or NULL, not %', keep
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    PERFORM metrics_ingest.check_horizon(keep, 'rejected retention');
     INSERT INTO metrics_ingest.settings AS s (rejected_retention) VALUES (keep)
     ON CONFLICT (singleton) DO UPDATE SET rejected_retention = excluded.rejected_retention;
     RETURN keep;
@@ -225,6 +247,7 @@ ALTER TABLE metrics_ingest.settings ENABLE ALWAYS TRIGGER settings_changed;
 REVOKE ALL ON FUNCTION metrics_ingest.partitions() FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.partition_for(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.set_partition_interval(interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.check_horizon(interval, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.set_retention(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.set_rejected_retention(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.run_maintenance() FROM PUBLIC;

@@ -215,6 +215,45 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_retention_reaching_before_the_earliest_timestamp_is_refused_and_changes_nothing() {
+        run("SELECT metrics_ingest.set_retention('10 days')");
+        // now() - keep would be before 4713 BC: every later ingest and
+        // run_maintenance would fail computing the horizon (0.3.0 stored it).
+        for (setter, keep) in [
+            ("set_retention", "1000000 years"),
+            ("set_retention", "2000000000 days"),
+            ("set_rejected_retention", "1000000 years"),
+        ] {
+            assert_eq!(
+                sqlstate_of(&format!("SELECT metrics_ingest.{setter}('{keep}')")),
+                "22023",
+                "{setter}('{keep}')"
+            );
+        }
+        assert_eq!(
+            text(
+                "SELECT concat_ws(',', retention, rejected_retention) FROM metrics_ingest.settings"
+            ),
+            "10 days",
+            "the refused values were not stored"
+        );
+        // Long but computable: kept, and everything still works.
+        assert_eq!(
+            text("SELECT metrics_ingest.set_retention('5000 years')::text"),
+            "5000 years"
+        );
+        assert_eq!(
+            text("SELECT metrics_ingest.set_rejected_retention('5000 years')::text"),
+            "5000 years"
+        );
+        assert_eq!(
+            verdicts(&event("h", "2001-01-01T00:00:00Z", "h1")),
+            "inserted:1"
+        );
+        assert!(count("SELECT count(*) FROM metrics_ingest.run_maintenance()") > 0);
+    }
+
+    #[pg_test]
     fn a_partition_with_a_trigger_takes_the_insert_path_for_its_rows() {
         verdicts(&format!(
             "[{}, {}]",
