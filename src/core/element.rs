@@ -163,6 +163,35 @@ impl<'de> Deserialize<'de> for Key<'de> {
 struct ElementFields<'a> {
     fields: Vec<(Cow<'a, str>, &'a RawValue)>,
     duplicate_key: Option<String>,
+    /// Once an element has this many keys, repeats are found by hashing.
+    seen: Option<HashSet<String>>,
+}
+
+impl<'a> ElementFields<'a> {
+    fn new() -> ElementFields<'a> {
+        ElementFields {
+            fields: Vec::with_capacity(12),
+            duplicate_key: None,
+            seen: None,
+        }
+    }
+
+    /// The next key and its value, in document order.
+    fn push(&mut self, key: Cow<'a, str>, value: &'a RawValue) {
+        // Elements have a dozen keys: a scan beats hashing, until a hostile one has thousands.
+        if self.fields.len() == 32 && self.seen.is_none() {
+            self.seen = Some(self.fields.iter().map(|(k, _)| k.to_string()).collect());
+        }
+        let repeated = match self.seen.as_mut() {
+            Some(seen) => !seen.insert(key.to_string()),
+            None => self.fields.iter().any(|(k, _)| *k == key),
+        };
+        if repeated {
+            self.duplicate_key.get_or_insert_with(|| key.into_owned());
+            return;
+        }
+        self.fields.push((key, value));
+    }
 }
 
 impl<'de> Deserialize<'de> for ElementFields<'de> {
@@ -177,31 +206,151 @@ impl<'de> Deserialize<'de> for ElementFields<'de> {
                 self,
                 mut map: A,
             ) -> Result<ElementFields<'de>, A::Error> {
-                let mut out = ElementFields {
-                    fields: Vec::with_capacity(12),
-                    duplicate_key: None,
-                };
-                // Elements have a dozen keys: a scan beats hashing, until a hostile one has thousands.
-                let mut seen: Option<HashSet<String>> = None;
+                let mut out = ElementFields::new();
                 while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
-                    if out.fields.len() == 32 {
-                        seen = Some(out.fields.iter().map(|(k, _)| k.to_string()).collect());
-                    }
-                    let repeated = match seen.as_mut() {
-                        Some(seen) => !seen.insert(key.to_string()),
-                        None => out.fields.iter().any(|(k, _)| *k == key),
-                    };
-                    if repeated {
-                        out.duplicate_key.get_or_insert_with(|| key.into_owned());
-                        continue;
-                    }
-                    out.fields.push((key, value));
+                    out.push(key, value);
                 }
                 Ok(out)
             }
         }
         deserializer.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// One element of a payload's array as the single pass over the payload reads
+/// it (`payload::for_each_element`): an object whose keys all decode, ready for
+/// validation, or anything else, which is validated from its raw text by
+/// `validate_json_element` and so gets exactly the verdict and message it
+/// always had.
+pub struct ReadElement<'a>(Read<'a>);
+
+enum Read<'a> {
+    Object {
+        fields: ElementFields<'a>,
+        /// The last value in document order (repeated keys included): the
+        /// element's text ends at the `}` after it. None for `{}`.
+        last_value: Option<&'a RawValue>,
+    },
+    Other,
+}
+
+impl<'a> ReadElement<'a> {
+    /// An element to be validated from its text alone.
+    pub fn unread() -> ReadElement<'a> {
+        ReadElement(Read::Other)
+    }
+
+    /// The last value of an object element, from which the payload reader finds
+    /// where the element ends; None when it must find that by reading the
+    /// element's text again (anything but a non-empty object of decodable keys).
+    pub fn last_value(&self) -> Option<&'a RawValue> {
+        match &self.0 {
+            Read::Object { last_value, .. } => *last_value,
+            Read::Other => None,
+        }
+    }
+}
+
+/// A key's text as the payload holds it (with its quotes): borrowed unless it
+/// holds escapes; None if the escapes do not decode (a lone surrogate, which
+/// serde_json's scan of a value lets pass but its decoding of a key refuses).
+fn decode_key(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.get(1..text.len().saturating_sub(1))?;
+    if !inner.contains('\\') {
+        return Some(Cow::Borrowed(inner));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+/// Reads one array element in place: the seed `payload::for_each_element`
+/// hands to serde_json for each element. Values stay raw slices, as in
+/// `ElementFields`; keys are read raw too, so that a key whose escapes do not
+/// decode makes this element `Other` (rejected on its own) instead of failing
+/// the whole payload.
+pub struct ElementSeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for ElementSeed {
+    type Value = ReadElement<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(ElementVisitor)
+    }
+}
+
+struct ElementVisitor;
+
+impl<'de> Visitor<'de> for ElementVisitor {
+    type Value = ReadElement<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ReadElement<'de>, A::Error> {
+        let mut fields = ElementFields::new();
+        let mut last_value = None;
+        let mut decodable = true;
+        while let Some(raw_key) = map.next_key::<&'de RawValue>()? {
+            let value: &'de RawValue = map.next_value()?;
+            last_value = Some(value);
+            // serde_json hands over a number as a map with this one key
+            // (arbitrary_precision); an object may also spell it: either way
+            // the element is read again from its text.
+            if raw_key.get() == NUMBER_KEY {
+                decodable = false;
+            }
+            match decode_key(raw_key) {
+                Some(key) if decodable => fields.push(key, value),
+                _ => decodable = false,
+            }
+        }
+        Ok(ReadElement(if decodable {
+            Read::Object { fields, last_value }
+        } else {
+            Read::Other
+        }))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> Result<ReadElement<'de>, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(ReadElement(Read::Other))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<ReadElement<'de>, E> {
+        Ok(ReadElement(Read::Other))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<ReadElement<'de>, E> {
+        Ok(ReadElement(Read::Other))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<ReadElement<'de>, E> {
+        Ok(ReadElement(Read::Other))
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<ReadElement<'de>, E> {
+        Ok(ReadElement(Read::Other))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<ReadElement<'de>, E> {
+        Ok(ReadElement(Read::Other))
+    }
+    fn visit_unit<E>(self) -> Result<ReadElement<'de>, E> {
+        Ok(ReadElement(Read::Other))
+    }
+}
+
+/// `NUMBER_TOKEN` as a raw key.
+const NUMBER_KEY: &str = "\"$serde_json::private::Number\"";
+
+/// Validates an element the payload reader has read in place; `raw` is its
+/// text. The same verdict as `validate_json_element(raw)`, without reading the
+/// element a second time.
+pub fn validate_read(
+    raw: &str,
+    read: ReadElement<'_>,
+    registry: &Registry,
+) -> Result<ValidElement, Rejection> {
+    match read.0 {
+        Read::Object { fields, .. } => validate_fields(fields, registry),
+        Read::Other => validate_json_element(raw, registry),
     }
 }
 

@@ -4,7 +4,10 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::element::{validate_json_element, CONTEXT_FIELDS};
+use serde_json::value::RawValue;
+
+use super::element::{validate_json_element, validate_read, CONTEXT_FIELDS};
+use super::error::PayloadError;
 use super::payload::for_each_element;
 use super::registry::Registry;
 
@@ -174,10 +177,90 @@ fn no_payload_panics_the_core() {
     for case in 0..10_000 {
         let input = payload(&mut rng);
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let _ = for_each_element(&input, |_, raw| {
-                let _ = validate_json_element(raw, &registry);
+            let _ = for_each_element(&input, |_, raw, read| {
+                let _ = validate_read(raw, read, &registry);
             });
         }));
         assert!(outcome.is_ok(), "case {case} panicked on input {input:?}");
     }
+}
+
+/// The single pass over a payload (each element read once, in place) against
+/// the two passes it replaced: the payload split into raw elements by
+/// serde_json, then each element parsed again from its text. Same elements,
+/// same raw texts, same verdicts and messages, same payload errors.
+#[test]
+fn the_single_pass_reads_every_payload_as_two_passes_do() {
+    let registry = Registry::builtin();
+    let mut rng = Rng(0x5EED_1234_ABCD_0002);
+    let mut arrays = 0;
+    let mut worded_apart = 0;
+    for case in 0..10_000 {
+        let input = payload(&mut rng);
+        let mut single = Vec::new();
+        let single_result = for_each_element(&input, |ordinal, raw, read| {
+            single.push((
+                ordinal,
+                raw.to_string(),
+                validate_read(raw, read, &registry),
+            ));
+        });
+        if !input.trim_start().starts_with('[') {
+            continue;
+        }
+        let reference = serde_json::from_str::<Vec<&RawValue>>(&input);
+        match (&single_result, &reference) {
+            (Ok(count), Ok(elements)) => {
+                arrays += 1;
+                assert_eq!(*count, elements.len(), "case {case}: {input:?}");
+                for (i, ((ordinal, raw, verdict), element)) in
+                    single.iter().zip(elements).enumerate()
+                {
+                    assert_eq!(*ordinal, i + 1);
+                    assert_eq!(
+                        raw,
+                        element.get(),
+                        "case {case} element {ordinal}: {input:?}"
+                    );
+                    assert_eq!(
+                        verdict,
+                        &validate_json_element(element.get(), &registry),
+                        "case {case} element {ordinal}: {input:?}"
+                    );
+                }
+            }
+            (Err(single), Err(two)) => {
+                let single = match single {
+                    PayloadError::NotJson { message } | PayloadError::TooDeep { message } => {
+                        message.clone()
+                    }
+                    other => format!("{other:?}"),
+                };
+                let two = two.to_string();
+                // The same place; the wording may differ where serde_json read
+                // the element as an object rather than skipped it as a value
+                // ("EOF while parsing a value" for "... an object").
+                let place = |m: &str| m.rfind(" at line ").map(|i| m[i..].to_string());
+                assert_eq!(
+                    place(&single),
+                    place(&two),
+                    "case {case}: single pass {single}, two passes {two}, on {input:?}"
+                );
+                if single != two {
+                    worded_apart += 1;
+                }
+            }
+            _ => panic!(
+                "case {case}: single pass {:?}, two passes {:?}, on {input:?}",
+                single_result.as_ref().map(|_| ()),
+                reference.as_ref().map(|_| ())
+            ),
+        }
+    }
+    assert!(
+        arrays > 1_000,
+        "only {arrays} generated payloads were readable arrays"
+    );
+    // Shown with --nocapture: how often only the wording differed.
+    eprintln!("{arrays} readable arrays read alike; {worded_apart} payload errors worded apart");
 }

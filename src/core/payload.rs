@@ -1,26 +1,33 @@
 //! Streaming over a payload: a JSON array is walked element by element, each
-//! handed over as its raw text (borrowed, never copied), so a 64 MB batch is
-//! never held twice and a bad element cannot spoil its neighbours.
+//! read once, in place (`element::ElementSeed`: keys and raw values borrowed
+//! from the payload, never copied) and handed over with its raw text, so a
+//! 64 MB batch is never held twice and a bad element cannot spoil its
+//! neighbours.
 
-use serde::de::{Deserializer as _, SeqAccess, Visitor};
+use serde::de::{Deserialize, Deserializer as _, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use super::element::{ElementSeed, ReadElement};
 use super::error::PayloadError;
 
-/// Calls `on_element(ordinal, raw_text)` for each element, ordinal from 1.
-/// A payload that is one object is one element (seed 002 sends one object).
-/// Returns the number of elements, or why the payload as a whole is unreadable;
-/// elements before a late syntax error have already been handed over, so the
-/// caller must treat an error as failing the whole call.
+/// Calls `on_element(ordinal, raw_text, read)` for each element, ordinal from
+/// 1; `element::validate_read(raw_text, read, ..)` validates it. A payload that
+/// is one object is one element (seed 002 sends one object). Returns the number
+/// of elements, or why the payload as a whole is unreadable; elements before a
+/// late syntax error have already been handed over, so the caller must treat an
+/// error as failing the whole call.
 pub fn for_each_element<'p>(
     payload: &'p str,
-    mut on_element: impl FnMut(usize, &'p str),
+    mut on_element: impl FnMut(usize, &'p str, ReadElement<'p>),
 ) -> Result<usize, PayloadError> {
-    match payload.trim_start().as_bytes().first() {
+    let start = payload.len() - payload.trim_start().len();
+    match payload.as_bytes().get(start) {
         Some(b'[') => {
             let mut de = serde_json::Deserializer::from_str(payload);
             let count = de
                 .deserialize_seq(ElementsVisitor {
+                    payload,
+                    cursor: start + 1,
                     on_element: &mut on_element,
                 })
                 .map_err(classify)?;
@@ -29,7 +36,7 @@ pub fn for_each_element<'p>(
         }
         Some(b'{') => {
             let raw: &'p RawValue = serde_json::from_str(payload).map_err(classify)?;
-            on_element(1, raw.get());
+            on_element(1, raw.get(), ReadElement::unread());
             Ok(1)
         }
         Some(_) => {
@@ -49,25 +56,62 @@ pub fn for_each_element<'p>(
     }
 }
 
-struct ElementsVisitor<'f, F> {
+struct ElementsVisitor<'p, 'f, F> {
+    payload: &'p str,
+    /// Where the previous element ends (first: just after the `[`).
+    cursor: usize,
     on_element: &'f mut F,
 }
 
-impl<'de, F: FnMut(usize, &'de str)> Visitor<'de> for ElementsVisitor<'_, F> {
+impl<'p, F: FnMut(usize, &'p str, ReadElement<'p>)> Visitor<'p> for ElementsVisitor<'p, '_, F> {
     type Value = usize;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a JSON array")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+    fn visit_seq<A: SeqAccess<'p>>(mut self, mut seq: A) -> Result<usize, A::Error> {
         let mut ordinal = 0;
-        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+        while let Some(read) = seq.next_element_seed(ElementSeed)? {
             ordinal += 1;
-            (self.on_element)(ordinal, raw.get());
+            // serde_json has just read the element, so everything located
+            // here is valid JSON: between elements only whitespace and one
+            // comma, after an object's last value only whitespace and `}`.
+            let bytes = self.payload.as_bytes();
+            let mut start = skip_whitespace(bytes, self.cursor);
+            if ordinal > 1 && bytes.get(start) == Some(&b',') {
+                start = skip_whitespace(bytes, start + 1);
+            }
+            let end = match read.last_value() {
+                Some(last) => {
+                    let after = offset_in(self.payload, last.get()) + last.get().len();
+                    skip_whitespace(bytes, after) + 1
+                }
+                // Anything else is read again, as one raw value, to find its end.
+                None => {
+                    let mut de = serde_json::Deserializer::from_str(&self.payload[start..]);
+                    let raw =
+                        <&RawValue>::deserialize(&mut de).map_err(serde::de::Error::custom)?;
+                    start + raw.get().len()
+                }
+            };
+            self.cursor = end;
+            (self.on_element)(ordinal, &self.payload[start..end], read);
         }
         Ok(ordinal)
     }
+}
+
+fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
+    while matches!(bytes.get(at), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        at += 1;
+    }
+    at
+}
+
+/// Where `part`, a slice of `whole`, begins in it.
+fn offset_in(whole: &str, part: &str) -> usize {
+    part.as_ptr() as usize - whole.as_ptr() as usize
 }
 
 fn classify(e: serde_json::Error) -> PayloadError {

@@ -211,7 +211,7 @@ fn wide_form_null_metric_is_not_observed() {
 
 fn collect(payload: &str) -> Result<Vec<(usize, String)>, PayloadError> {
     let mut seen = Vec::new();
-    for_each_element(payload, |ordinal, raw| {
+    for_each_element(payload, |ordinal, raw, _| {
         seen.push((ordinal, raw.to_string()))
     })
     .map(|count| {

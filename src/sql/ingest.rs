@@ -14,7 +14,7 @@ use super::errors::{raise, raise_internal, raise_payload, raise_rejection};
 use super::registry_cache::registry;
 use super::sink::Repeat;
 use super::writer::{Path, Writer};
-use crate::core::element::{preview_str, validate_json_element};
+use crate::core::element::{preview_str, validate_read};
 use crate::core::payload::for_each_element;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -167,8 +167,8 @@ fn ingest(payload: &str, mode: OnError, texts: &mut RejectionTexts) -> Vec<Outco
     let registry = registry();
     let mut writer = Writer::open(Path::Bulk, registry.profiles());
     let mut outcomes: Vec<Outcome> = Vec::new();
-    let read = for_each_element(payload, |ordinal, raw| {
-        let validated = validate_json_element(raw, &registry)
+    let read = for_each_element(payload, |ordinal, raw, read| {
+        let validated = validate_read(raw, read, &registry)
             .and_then(|element| writer.check_retention(&element).map(|()| element));
         match validated {
             Ok(element) => {
