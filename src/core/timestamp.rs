@@ -30,6 +30,84 @@ pub fn parse_iso(text: &str) -> Result<i64, TimestampError> {
 }
 
 fn parse_iso_unchecked(text: &str) -> Option<i64> {
+    utc_fast(text).or_else(|| parse_iso_general(text))
+}
+
+/// The form nearly every client sends, `YYYY-MM-DDTHH:MM:SS[.fff]Z`, read
+/// without chrono and without copying: the same value as
+/// `parse_iso_general`, which takes everything else (offsets, a space for the
+/// `T`, leap seconds, anything malformed). A fuzz test holds them equal.
+fn utc_fast(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |from: usize, len: usize| -> Option<i64> {
+        b[from..from + len].iter().try_fold(0i64, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 2)?, num(8, 2)?);
+    let (hour, minute, second) = (num(11, 2)?, num(14, 2)?, num(17, 2)?);
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let fraction_us = match &b[19..] {
+        [b'Z'] => 0,
+        [b'.', digits @ .., b'Z']
+            if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) =>
+        {
+            fraction_micros(&text[19..text.len() - 1])?
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+    Some(seconds * 1_000_000 + fraction_us)
+}
+
+fn days_in_month(year: i64, month: i64) -> i64 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
+/// (Howard Hinnant's `days_from_civil`).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let year_of_era = y - era * 400;
+    let month_from_march = (month + 9) % 12;
+    let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// Fractional seconds, `.` and digits, as microseconds rounded as
+/// PostgreSQL rounds them (see `split_fraction`).
+fn fraction_micros(dot_and_digits: &str) -> Option<i64> {
+    let fraction: f64 = dot_and_digits.parse().ok()?;
+    // rint: round half to even, on the double product, exactly as PostgreSQL.
+    Some((fraction * 1e6).round_ties_even() as i64)
+}
+
+fn parse_iso_general(text: &str) -> Option<i64> {
     // The fraction is judged apart, as PostgreSQL does (datetime.c,
     // ParseFractionalSecond): strtod of ".ddd", then rint(frac * 1e6). chrono
     // would truncate past nanoseconds and round half up.
@@ -56,9 +134,7 @@ fn split_fraction(text: &str) -> Option<(Cow<'_, str>, i64)> {
         return None;
     }
     let end = dot + 1 + digits;
-    let fraction: f64 = text[dot..end].parse().ok()?;
-    // rint: round half to even, on the double product, exactly as PostgreSQL.
-    let micros = (fraction * 1e6).round_ties_even() as i64;
+    let micros = fraction_micros(&text[dot..end])?;
     let mut rest = String::with_capacity(text.len() - digits - 1);
     rest.push_str(&text[..dot]);
     rest.push_str(&text[end..]);
@@ -164,6 +240,54 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(&parse_iso(text), expected, "{text}");
         }
+    }
+
+    /// The fast path for `...Z` against the general parser, on generated
+    /// texts near that form: valid and invalid dates, leap years, leap seconds,
+    /// fractions of every length, stray characters.
+    #[test]
+    fn the_utc_fast_path_reads_as_the_general_parser_does() {
+        let mut state = 0x1234_5678_9ABC_DEF1u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut fast = 0;
+        for _ in 0..200_000 {
+            let year = [1999, 2000, 2023, 2024, 2099, 2100, 1900, 2400][next(8) as usize];
+            let two = |n: u64| format!("{n:02}");
+            let mut text = format!(
+                "{year}-{}-{}T{}:{}:{}",
+                two(next(14)),
+                two(next(33)),
+                two(next(26)),
+                two(next(61)),
+                two(next(62))
+            );
+            match next(4) {
+                0 => {}
+                _ => {
+                    text.push('.');
+                    for _ in 0..next(13) {
+                        text.push(char::from(b'0' + next(10) as u8));
+                    }
+                }
+            }
+            text.push(['Z', 'Z', 'Z', 'z', '+'][next(5) as usize]);
+            if next(20) == 0 {
+                let at = next(text.len() as u64) as usize;
+                text.replace_range(at..at + 1, ["x", " ", "9", ""][next(4) as usize]);
+            }
+            let general = parse_iso_general(&text);
+            if let Some(value) = utc_fast(&text) {
+                fast += 1;
+                assert_eq!(Some(value), general, "{text}");
+            }
+            assert_eq!(parse_iso_unchecked(&text), general, "{text}");
+        }
+        assert!(fast > 50_000, "the fast path read only {fast} texts");
     }
 
     #[test]
