@@ -252,9 +252,10 @@ impl<'a> ReadElement<'a> {
     }
 }
 
-/// A key's text as the payload holds it (with its quotes): borrowed unless it
-/// holds escapes; None if the escapes do not decode (a lone surrogate, which
-/// serde_json's scan of a value lets pass but its decoding of a key refuses).
+/// A JSON string (a key, or a value) from its text as the payload holds it,
+/// with its quotes: borrowed unless it holds escapes; None if the escapes do
+/// not decode (a lone surrogate, which serde_json's scan of a value lets pass
+/// but its decoding of a string refuses).
 fn decode_key(raw: &RawValue) -> Option<Cow<'_, str>> {
     let text = raw.get();
     let inner = text.get(1..text.len().saturating_sub(1))?;
@@ -1364,6 +1365,45 @@ impl<'de> Visitor<'de> for JsonbWalk<'_> {
         }
         Ok(())
     }
+}
+
+/// A scalar value of a flat JSON object, decoded as jsonb_in decodes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FlatValue<'a> {
+    Str(Cow<'a, str>),
+    /// The number exactly as written (jsonb stores it as numeric_in reads it).
+    Number(&'a str),
+    Bool(bool),
+    Null,
+}
+
+/// The keys and values of a JSON object whose values are all scalars, in
+/// document order, strings decoded; None for anything else (an array or
+/// object as a value, not an object, not valid JSON, a string whose escapes do
+/// not decode). `attributes` is such an object for most elements (`platform`
+/// and a few tags), and the SQL layer builds its jsonb from these pairs
+/// without handing the text to PostgreSQL's JSON parser.
+pub fn flat_object(json: &str) -> Option<Vec<(Cow<'_, str>, FlatValue<'_>)>> {
+    let fields: ElementFields<'_> = serde_json::from_str(json).ok()?;
+    if fields.duplicate_key.is_some() {
+        return None;
+    }
+    fields
+        .fields
+        .into_iter()
+        .map(|(key, raw)| {
+            let text = raw.get();
+            let value = match text.as_bytes().first()? {
+                b'"' => FlatValue::Str(decode_key(raw)?),
+                b'n' => FlatValue::Null,
+                b't' => FlatValue::Bool(true),
+                b'f' => FlatValue::Bool(false),
+                b'{' | b'[' => return None,
+                _ => FlatValue::Number(text),
+            };
+            Some((key, value))
+        })
+        .collect()
 }
 
 fn attributes_too_long() -> Rejection {

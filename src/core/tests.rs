@@ -765,3 +765,39 @@ fn insert_metric_reads_platform_and_the_profile_from_its_attributes() {
         ("platform", "22023")
     );
 }
+
+#[test]
+fn flat_objects_are_read_with_strings_decoded() {
+    use super::element::{flat_object, FlatValue};
+    use std::borrow::Cow;
+    assert_eq!(
+        flat_object(
+            r#"{"platform":"iOS","n":-1.50e3,"t":true,"f":false,"z":null,"k\"ey":"caf\u00e9 \ud83d\ude00"}"#
+        ),
+        Some(vec![
+            (
+                Cow::Borrowed("platform"),
+                FlatValue::Str(Cow::Borrowed("iOS"))
+            ),
+            (Cow::Borrowed("n"), FlatValue::Number("-1.50e3")),
+            (Cow::Borrowed("t"), FlatValue::Bool(true)),
+            (Cow::Borrowed("f"), FlatValue::Bool(false)),
+            (Cow::Borrowed("z"), FlatValue::Null),
+            (
+                Cow::Owned("k\"ey".into()),
+                FlatValue::Str(Cow::Owned("café 😀".into()))
+            ),
+        ])
+    );
+    assert_eq!(flat_object("{}"), Some(vec![]));
+    for not_flat in [
+        r#"{"a":{"b":1}}"#,
+        r#"{"a":[1]}"#,
+        r#"[1]"#,
+        r#"{"a":1,"a":2}"#,
+        r#"{"a":"\ud800"}"#,
+        r#"{"a":"#,
+    ] {
+        assert_eq!(flat_object(not_flat), None, "{not_flat}");
+    }
+}

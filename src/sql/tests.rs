@@ -43,6 +43,35 @@ mod tests {
         text(&sql).lines().map(str::to_string).collect()
     }
 
+    /// The jsonb of a flat object, built without PostgreSQL's JSON parser,
+    /// has the bytes jsonb_in gives the same text (keys sorted by length and
+    /// bytes, escapes decoded, numbers as numeric_in reads them).
+    #[pg_test]
+    fn flat_attributes_build_the_jsonb_jsonb_in_builds() {
+        use crate::sql::datum::{jsonb_datum, jsonb_in};
+        let cases = [
+            r#"{"platform":"iOS"}"#,
+            r#"{}"#,
+            r#"{"bb":1,"a":2,"ccc":"x","":"empty key","dd":""}"#,
+            r#"{"k\"ey":"v\u00e9\n\t\/\\","é":"日本","emoji":"\ud83d\ude00"}"#,
+            r#"{"n0":0,"n1":-0,"n2":1.50,"n3":1e5,"n4":1E-7,"n5":12345678901234567890123.4500,"n6":-1.0e+2,"n7":0.000}"#,
+            r#"{"t":true,"f":false,"z":null}"#,
+            r#"{"b":"2","a":"1","B":"3","A":"4","aa":"5"}"#,
+            r#"{"nested":{"a":[1,2,{"b":null}]},"x":1}"#,
+            r#"{"list":[1,"two",3.0]}"#,
+        ];
+        for json in cases {
+            // SAFETY: both datums are fresh, untoasted jsonb varlenas in the
+            // current memory context, read within their size.
+            let bytes = |datum: pg_sys::Datum| unsafe {
+                let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
+                let len = pgrx::varlena::varsize_any(ptr);
+                std::slice::from_raw_parts(ptr as *const u8, len).to_vec()
+            };
+            assert_eq!(bytes(jsonb_datum(json)), bytes(jsonb_in(json)), "{json}");
+        }
+    }
+
     #[pg_test]
     fn creates_every_object() {
         let expected = [
