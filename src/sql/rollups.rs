@@ -20,16 +20,20 @@ use crate::core::rollup::Summary;
 
 /// Both kinds of delta rows in one statement (one executor run per call: it
 /// is most of what a single-row insert_metric pays for the rollups). A call
-/// that stored rows has daily parts; its session parts may be none.
+/// that stored rows has daily parts; its session parts may be none. The arrays
+/// are unnested in the select list, where the set-returning functions run in
+/// step, a row at a time (ProjectSet); in FROM (ROWS FROM) each would first be
+/// copied whole into a tuplestore, which cost more than the insert's own
+/// executor work. All arrays of a statement have the same length.
 const INSERT_PARTS: &str = "WITH daily AS ( \
          INSERT INTO metrics_ingest.daily_parts (day, metric_type, samples, total, min, max) \
-         SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
-             pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6))) \
+         SELECT pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), \
+             pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) \
      INSERT INTO metrics_ingest.session_parts \
          (user_id, session_id, start_time, end_time, metric_count, device_id, app_version, platform, location) \
-     SELECT * FROM ROWS FROM (pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), \
+     SELECT pg_catalog.unnest($7), pg_catalog.unnest($8), pg_catalog.unnest($9), \
          pg_catalog.unnest($10), pg_catalog.unnest($11), pg_catalog.unnest($12), pg_catalog.unnest($13), \
-         pg_catalog.unnest($14), pg_catalog.unnest($15))";
+         pg_catalog.unnest($14), pg_catalog.unnest($15)";
 
 /// The call's profiles as if its elements came one by one in time order: a
 /// field replaces the stored one when its element is at least as new as the
@@ -47,9 +51,7 @@ const INSERT_PARTS: &str = "WITH daily AS ( \
 /// out: ON CONFLICT DO UPDATE would lock, and so write, every row, even where
 /// its WHERE declines), then updates exactly those rows: it never waits.
 const INSERT_USERS: &str = "INSERT INTO metrics_ingest.users (user_id, name, email, profile_time) \
-     SELECT p.user_id, p.name, p.email, p.profile_time \
-     FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($4), \
-         pg_catalog.unnest($6)) AS p(user_id, name, email, profile_time) \
+     SELECT pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($4), pg_catalog.unnest($6) \
      ON CONFLICT (user_id) DO NOTHING";
 
 /// The second statement: a field applies when its element is at least as new as
@@ -57,10 +59,9 @@ const INSERT_USERS: &str = "INSERT INTO metrics_ingest.users (user_id, name, ema
 /// under READ COMMITTED, FOR NO KEY UPDATE re-evaluates them on the row's latest
 /// version, which no one else can then change, so the UPDATE only writes them.
 const UPDATE_USERS: &str = "WITH p AS ( \
-             SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
-                 pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), \
-                 pg_catalog.unnest($6)) \
-             AS p(user_id, name, name_time, email, email_time, profile_time)), \
+             SELECT pg_catalog.unnest($1) AS user_id, pg_catalog.unnest($2) AS name, \
+                 pg_catalog.unnest($3) AS name_time, pg_catalog.unnest($4) AS email, \
+                 pg_catalog.unnest($5) AS email_time, pg_catalog.unnest($6) AS profile_time), \
          changed AS ( \
              SELECT x.user_id, n.name, n.email, \
                  CASE WHEN p.profile_time >= x.profile_time \
