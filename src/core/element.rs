@@ -85,34 +85,59 @@ pub fn context_slot_for_tests(key: &str) -> Option<usize> {
 }
 
 /// What every metric row of one element shares.
+/// Its texts are borrowed from the payload (or from insert_metric's arguments)
+/// unless they held escapes: an element of ingest_json allocates none of them.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Context {
+pub struct Context<'a> {
     /// Microseconds since 1970-01-01 UTC.
     pub unix_us: i64,
-    pub user_id: String,
-    pub session_id: Option<String>,
-    pub device_id: Option<String>,
-    pub app_version: Option<String>,
-    pub location: Option<String>,
+    pub user_id: Cow<'a, str>,
+    pub session_id: Option<Cow<'a, str>>,
+    pub device_id: Option<Cow<'a, str>>,
+    pub app_version: Option<Cow<'a, str>>,
+    pub location: Option<Cow<'a, str>>,
     pub sentiment_score: Option<f64>,
-    pub event_id: Option<String>,
+    pub event_id: Option<Cow<'a, str>>,
     /// Also in `attributes` (metrics has no platform column); read for sessions.
-    pub platform: Option<String>,
+    pub platform: Option<Cow<'a, str>>,
     /// The user's profile, when the element carries it (seed 003): written to
     /// `users`, never to the metric rows.
-    pub profile: Profile,
+    pub profile: Profile<'a>,
     /// JSON object text of the fields the schema does not know.
     pub attributes: Option<String>,
 }
 
 /// The `name` and `email` an element carries, if any.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Profile {
-    pub name: Option<String>,
-    pub email: Option<String>,
+pub struct Profile<'a> {
+    pub name: Option<Cow<'a, str>>,
+    pub email: Option<Cow<'a, str>>,
 }
 
-impl Profile {
+impl Context<'_> {
+    /// The same context owning its texts, to be kept past the payload.
+    pub fn into_owned(self) -> Context<'static> {
+        let own = |text: Option<Cow<'_, str>>| text.map(|t| Cow::Owned(t.into_owned()));
+        Context {
+            unix_us: self.unix_us,
+            user_id: Cow::Owned(self.user_id.into_owned()),
+            session_id: own(self.session_id),
+            device_id: own(self.device_id),
+            app_version: own(self.app_version),
+            location: own(self.location),
+            sentiment_score: self.sentiment_score,
+            event_id: own(self.event_id),
+            platform: own(self.platform),
+            profile: Profile {
+                name: own(self.profile.name),
+                email: own(self.profile.email),
+            },
+            attributes: self.attributes,
+        }
+    }
+}
+
+impl Profile<'_> {
     pub fn is_empty(&self) -> bool {
         self.name.is_none() && self.email.is_none()
     }
@@ -128,8 +153,8 @@ pub struct Measurement {
 
 /// A valid element: one context, one or more measurements (wide form gives several).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ValidElement {
-    pub context: Context,
+pub struct ValidElement<'a> {
+    pub context: Context<'a>,
     pub measurements: Vec<Measurement>,
 }
 
@@ -344,11 +369,11 @@ const NUMBER_KEY: &str = "\"$serde_json::private::Number\"";
 /// Validates an element the payload reader has read in place; `raw` is its
 /// text. The same verdict as `validate_json_element(raw)`, without reading the
 /// element a second time.
-pub fn validate_read(
-    raw: &str,
-    read: ReadElement<'_>,
+pub fn validate_read<'a>(
+    raw: &'a str,
+    read: ReadElement<'a>,
     registry: &Registry,
-) -> Result<ValidElement, Rejection> {
+) -> Result<ValidElement<'a>, Rejection> {
     match read.0 {
         Read::Object { fields, .. } => validate_fields(fields, registry),
         Read::Other => validate_json_element(raw, registry),
@@ -420,7 +445,10 @@ fn bad_json(field: &str, error: serde_json::Error) -> Rejection {
 }
 
 /// Parse and validate one element given as JSON text.
-pub fn validate_json_element(raw: &str, registry: &Registry) -> Result<ValidElement, Rejection> {
+pub fn validate_json_element<'a>(
+    raw: &'a str,
+    registry: &Registry,
+) -> Result<ValidElement<'a>, Rejection> {
     let first = raw.trim_start().as_bytes().first().copied();
     if first != Some(b'{') {
         let found = match first {
@@ -440,10 +468,10 @@ pub fn validate_json_element(raw: &str, registry: &Registry) -> Result<ValidElem
     validate_fields(fields, registry)
 }
 
-fn validate_fields(
-    parsed: ElementFields<'_>,
+fn validate_fields<'a>(
+    parsed: ElementFields<'a>,
     registry: &Registry,
-) -> Result<ValidElement, Rejection> {
+) -> Result<ValidElement<'a>, Rejection> {
     if let Some(key) = parsed.duplicate_key {
         return Err(Rejection::new(
             Kind::BadJson,
@@ -594,9 +622,12 @@ pub fn rejected_ids(raw: &str) -> RejectedIds {
         return RejectedIds::default();
     };
     let read = |name: &str, slot: IdSlot<'_>| match slot {
-        IdSlot::Once(raw) => Field::of(raw, name)
-            .ok()
-            .and_then(|field| id_from_json(name, Some(field)).ok().flatten()),
+        IdSlot::Once(raw) => Field::of(raw, name).ok().and_then(|field| {
+            id_from_json(name, Some(field))
+                .ok()
+                .flatten()
+                .map(Cow::into_owned)
+        }),
         IdSlot::Absent | IdSlot::Repeated => None,
     };
     RejectedIds {
@@ -678,17 +709,21 @@ pub enum CallValue<'a> {
     Number(f64),
 }
 
-pub fn validate_call(args: CallArgs<'_>, registry: &Registry) -> Result<ValidElement, Rejection> {
+pub fn validate_call<'a>(
+    args: CallArgs<'a>,
+    registry: &Registry,
+) -> Result<ValidElement<'a>, Rejection> {
     let unix_us = timestamp::check_window(args.unix_us)
         .map_err(|_| out_of_window("timestamp", &timestamp::describe_unix_us(args.unix_us)))?;
-    let id = |field: &str, v: Option<&str>| -> Result<Option<String>, Rejection> {
-        v.map(|s| check_text(field, s, MAX_ID_CHARS, false).map(|()| s.to_string()))
+    let id = |field: &str, v: Option<&'a str>| -> Result<Option<Cow<'a, str>>, Rejection> {
+        v.map(|s| check_text(field, s, MAX_ID_CHARS, false).map(|()| Cow::Borrowed(s)))
             .transpose()
     };
-    let text = |field: &str, v: Option<&str>, max: usize| -> Result<Option<String>, Rejection> {
-        v.map(|s| check_text(field, s, max, true).map(|()| s.to_string()))
-            .transpose()
-    };
+    let text =
+        |field: &str, v: Option<&'a str>, max: usize| -> Result<Option<Cow<'a, str>>, Rejection> {
+            v.map(|s| check_text(field, s, max, true).map(|()| Cow::Borrowed(s)))
+                .transpose()
+        };
     let mut platform = None;
     let mut profile = Profile::default();
     let attributes = match args.attributes {
@@ -733,9 +768,9 @@ pub fn validate_call(args: CallArgs<'_>, registry: &Registry) -> Result<ValidEle
                             }
                         }
                     };
-                    platform = known("platform", MAX_PLATFORM_CHARS)?;
-                    profile.name = known("name", MAX_NAME_CHARS)?;
-                    profile.email = email(known("email", MAX_EMAIL_CHARS)?)?;
+                    platform = known("platform", MAX_PLATFORM_CHARS)?.map(Cow::Owned);
+                    profile.name = known("name", MAX_NAME_CHARS)?.map(Cow::Owned);
+                    profile.email = email(known("email", MAX_EMAIL_CHARS)?.map(Cow::Owned))?;
                     if profile.is_empty() {
                         Some(json.to_string())
                     } else if map.is_empty() {
@@ -928,19 +963,20 @@ fn is_integer_text(text: &str) -> bool {
 }
 
 /// ids are strings or integers, stored as text exactly as written.
-fn id_from_json(field: &str, value: Option<Field>) -> Result<Option<String>, Rejection> {
+fn id_from_json<'a>(
+    field: &str,
+    value: Option<Field<'a>>,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
     match value {
         None => Ok(None),
-        Some(Field::Str(s)) => {
-            check_text(field, &s, MAX_ID_CHARS, false).map(|()| Some(s.into_owned()))
-        }
-        Some(Field::Number(text)) if is_integer_text(text) => Ok(Some(text.to_string())),
+        Some(Field::Str(s)) => check_text(field, &s, MAX_ID_CHARS, false).map(|()| Some(s)),
+        Some(Field::Number(text)) if is_integer_text(text) => Ok(Some(Cow::Borrowed(text))),
         Some(other) => Err(wrong_type(field, "a string or an integer", &other)),
     }
 }
 
 /// An address must look like one: an `@` with something on each side.
-fn email(value: Option<String>) -> Result<Option<String>, Rejection> {
+fn email(value: Option<Cow<'_, str>>) -> Result<Option<Cow<'_, str>>, Rejection> {
     match value {
         Some(address) => match address.split_once('@') {
             Some((local, domain)) if !local.is_empty() && !domain.is_empty() => Ok(Some(address)),
@@ -956,14 +992,14 @@ fn email(value: Option<String>) -> Result<Option<String>, Rejection> {
     }
 }
 
-fn text_from_json(
+fn text_from_json<'a>(
     field: &str,
-    value: Option<Field>,
+    value: Option<Field<'a>>,
     max: usize,
-) -> Result<Option<String>, Rejection> {
+) -> Result<Option<Cow<'a, str>>, Rejection> {
     match value {
         None => Ok(None),
-        Some(Field::Str(s)) => check_text(field, &s, max, true).map(|()| Some(s.into_owned())),
+        Some(Field::Str(s)) => check_text(field, &s, max, true).map(|()| Some(s)),
         Some(other) => Err(wrong_type(field, "a string", &other)),
     }
 }

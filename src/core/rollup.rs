@@ -7,6 +7,7 @@
 //! in the same transaction as the rows, as delta rows that `run_maintenance`
 //! compacts: concurrent calls only ever insert, so none waits for another.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::element::{Profile, ValidElement};
@@ -81,7 +82,7 @@ struct Element {
     /// Index in `Abouts::list`, or `NO_ABOUT` when the element names no session
     /// and carries no profile.
     about: u32,
-    profile: Option<Box<Profile>>,
+    profile: Option<Box<Profile<'static>>>,
     /// A row of it was refused (conflict, kept out by a trigger): its profile
     /// is not applied.
     refused: bool,
@@ -117,12 +118,12 @@ struct Abouts {
 }
 
 impl Abouts {
-    fn intern(&mut self, user_id: &str, session: Option<[Option<&String>; 5]>) -> u32 {
+    fn intern(&mut self, user_id: &str, session: Option<[Option<&str>; 5]>) -> u32 {
         // Each field as a tag byte, then its length and bytes: no two tuples
         // share a key, whatever their text holds.
         self.key.clear();
         let fields = session.iter().flatten();
-        for field in std::iter::once(Some(user_id)).chain(fields.map(|f| f.map(String::as_str))) {
+        for field in std::iter::once(Some(user_id)).chain(fields.copied()) {
             match field {
                 None => self.key.push(0),
                 Some(text) => {
@@ -139,7 +140,7 @@ impl Abouts {
         let i = self.list.len() as u32;
         self.list.push(About {
             user_id: user_id.to_owned(),
-            session: session.map(|values| values.map(|v| v.cloned())),
+            session: session.map(|values| values.map(|v| v.map(str::to_owned))),
         });
         self.index.insert(self.key.clone(), i);
         i
@@ -188,16 +189,23 @@ impl Rollup {
                 value: m.value,
             });
         }
-        let session = context.session_id.as_ref().map(|session_id| {
+        let session = context.session_id.as_deref().map(|session_id| {
             [
                 Some(session_id),
-                context.device_id.as_ref(),
-                context.app_version.as_ref(),
-                context.platform.as_ref(),
-                context.location.as_ref(),
+                context.device_id.as_deref(),
+                context.app_version.as_deref(),
+                context.platform.as_deref(),
+                context.location.as_deref(),
             ]
         });
-        let profile = (!context.profile.is_empty()).then(|| Box::new(context.profile.clone()));
+        let profile = (!context.profile.is_empty()).then(|| {
+            let own =
+                |text: &Option<Cow<'_, str>>| text.as_deref().map(|t| Cow::Owned(t.to_owned()));
+            Box::new(Profile {
+                name: own(&context.profile.name),
+                email: own(&context.profile.email),
+            })
+        });
         let about = if session.is_some() || profile.is_some() {
             self.abouts.intern(&context.user_id, session)
         } else {
@@ -330,11 +338,11 @@ impl Rollup {
             });
             part.time_us = part.time_us.max(at);
             if profile.name.is_some() && at >= part.name_us {
-                part.name.clone_from(&profile.name);
+                part.name = profile.name.as_deref().map(str::to_owned);
                 part.name_us = at;
             }
             if profile.email.is_some() && at >= part.email_us {
-                part.email.clone_from(&profile.email);
+                part.email = profile.email.as_deref().map(str::to_owned);
                 part.email_us = at;
             }
         }

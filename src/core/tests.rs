@@ -562,7 +562,8 @@ fn values_are_never_silently_altered() {
         let element = check(&raw).unwrap_or_else(|e| panic!("{raw}: {e:?}"));
         assert_eq!(element.measurements[0].value, *value, "{raw}");
     }
-    let element = check(&format!(r#"{{{OK},"talked_time":1,"n":1e131071}}"#)).unwrap();
+    let raw = format!(r#"{{{OK},"talked_time":1,"n":1e131071}}"#);
+    let element = check(&raw).unwrap();
     assert_eq!(
         element.context.attributes.as_deref(),
         Some(r#"{"n":1e131071}"#)

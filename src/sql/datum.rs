@@ -104,7 +104,7 @@ pub unsafe fn supplied_values(
     // SAFETY: the caller's memory context holds the datums (this function's contract).
     let [user_id, session_id, metric_type, metric_label, device_id, app_version, location, event_id] = unsafe {
         text_datums([
-            Some(context.user_id.as_str()),
+            Some(&*context.user_id),
             context.session_id.as_deref(),
             Some(measurement.metric_type.as_str()),
             measurement.label.as_deref(),

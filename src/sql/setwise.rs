@@ -52,7 +52,7 @@ struct Row {
     ordinal: usize,
     /// The measurement's index in its element.
     index: usize,
-    context: Context,
+    context: Context<'static>,
     measurement: Measurement,
 }
 
@@ -127,16 +127,16 @@ impl SetwiseInsert {
             let values = self.memory.switch_to(|_| {
                 [
                     text(&|r| Some(timestamp_text(r.context.unix_us))).into_datum(),
-                    text(&|r| Some(r.context.user_id.clone())).into_datum(),
-                    text(&|r| r.context.session_id.clone()).into_datum(),
+                    text(&|r| Some(r.context.user_id.to_string())).into_datum(),
+                    text(&|r| r.context.session_id.as_deref().map(str::to_string)).into_datum(),
                     text(&|r| Some(r.measurement.metric_type.clone())).into_datum(),
                     number(&|r| Some(r.measurement.value)).into_datum(),
                     text(&|r| r.measurement.label.clone()).into_datum(),
-                    text(&|r| r.context.device_id.clone()).into_datum(),
-                    text(&|r| r.context.app_version.clone()).into_datum(),
-                    text(&|r| r.context.location.clone()).into_datum(),
+                    text(&|r| r.context.device_id.as_deref().map(str::to_string)).into_datum(),
+                    text(&|r| r.context.app_version.as_deref().map(str::to_string)).into_datum(),
+                    text(&|r| r.context.location.as_deref().map(str::to_string)).into_datum(),
                     number(&|r| r.context.sentiment_score).into_datum(),
-                    text(&|r| r.context.event_id.clone()).into_datum(),
+                    text(&|r| r.context.event_id.as_deref().map(str::to_string)).into_datum(),
                     text(&|r| r.context.attributes.clone()).into_datum(),
                 ]
                 .map(|d| d.unwrap_or_else(|| raise_internal("set-wise insert", "no array")))
@@ -185,8 +185,8 @@ impl SetwiseInsert {
 fn key_of(context: &Context, measurement: &Measurement) -> Key {
     let text = timestamp_text(context.unix_us);
     (
-        context.user_id.clone(),
-        context.event_id.clone(),
+        context.user_id.to_string(),
+        context.event_id.as_deref().map(str::to_string),
         measurement.metric_type.clone(),
         text[..26].to_string(),
     )
@@ -210,7 +210,7 @@ impl Sink for SetwiseInsert {
             self.rows.push(Row {
                 ordinal,
                 index,
-                context: element.context.clone(),
+                context: element.context.clone().into_owned(),
                 measurement: measurement.clone(),
             });
         }
