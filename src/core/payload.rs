@@ -82,14 +82,17 @@ impl<'p, F: FnMut(usize, &'p str, ReadElement<'p>)> Visitor<'p> for ElementsVisi
             if ordinal > 1 && bytes.get(start) == Some(&b',') {
                 start = skip_whitespace(bytes, start + 1);
             }
-            let end = match read.last_value() {
-                Some(last) => {
-                    let after = offset_in(self.payload, last.get()) + last.get().len();
-                    skip_whitespace(bytes, after) + 1
-                }
+            let after_object = read.last_value().and_then(|last| {
+                let after = offset_in(self.payload, last.get())? + last.get().len();
+                let close = skip_whitespace(bytes, after);
+                (bytes.get(close) == Some(&b'}')).then_some(close + 1)
+            });
+            let end = match after_object {
+                Some(end) => end,
                 // Anything else is read again, as one raw value, to find its end.
                 None => {
-                    let mut de = serde_json::Deserializer::from_str(&self.payload[start..]);
+                    let rest = self.payload.get(start..).unwrap_or_default();
+                    let mut de = serde_json::Deserializer::from_str(rest);
                     let raw =
                         <&RawValue>::deserialize(&mut de).map_err(serde::de::Error::custom)?;
                     start + raw.get().len()
@@ -109,9 +112,11 @@ fn skip_whitespace(bytes: &[u8], mut at: usize) -> usize {
     at
 }
 
-/// Where `part`, a slice of `whole`, begins in it.
-fn offset_in(whole: &str, part: &str) -> usize {
-    part.as_ptr() as usize - whole.as_ptr() as usize
+/// Where `part` begins in `whole`, if it is a slice of it (a borrowed
+/// `&RawValue` of the payload always is; anything else is read again).
+fn offset_in(whole: &str, part: &str) -> Option<usize> {
+    let offset = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    (offset + part.len() <= whole.len()).then_some(offset)
 }
 
 fn classify(e: serde_json::Error) -> PayloadError {
