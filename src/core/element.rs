@@ -128,16 +128,22 @@ impl Context<'_> {
             sentiment_score: self.sentiment_score,
             event_id: own(self.event_id),
             platform: own(self.platform),
-            profile: Profile {
-                name: own(self.profile.name),
-                email: own(self.profile.email),
-            },
+            profile: self.profile.into_owned(),
             attributes: self.attributes,
         }
     }
 }
 
 impl Profile<'_> {
+    /// The same profile owning its texts.
+    pub fn into_owned(self) -> Profile<'static> {
+        let own = |text: Option<Cow<'_, str>>| text.map(|t| Cow::Owned(t.into_owned()));
+        Profile {
+            name: own(self.name),
+            email: own(self.email),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.name.is_none() && self.email.is_none()
     }
@@ -277,17 +283,23 @@ impl<'a> ReadElement<'a> {
     }
 }
 
-/// A JSON string (a key, or a value) from its text as the payload holds it,
-/// with its quotes: borrowed unless it holds escapes; None if the escapes do
-/// not decode (a lone surrogate, which serde_json's scan of a value lets pass
-/// but its decoding of a string refuses).
-fn decode_key(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
-    let inner = text.get(1..text.len().saturating_sub(1))?;
-    if !inner.contains('\\') {
-        return Some(Cow::Borrowed(inner));
+/// A JSON string from its text as the payload holds it, with its quotes (valid
+/// syntax: serde_json checked it while skipping): borrowed unless it holds
+/// escapes, which are decoded here, where a lone surrogate is refused.
+fn json_string(text: &str) -> Result<Cow<'_, str>, serde_json::Error> {
+    let inner = &text[1..text.len() - 1];
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).map(Cow::Owned)
+    } else {
+        Ok(Cow::Borrowed(inner))
     }
-    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}
+
+/// A key read raw: None if its escapes do not decode (a lone surrogate, which
+/// serde_json's scan of the payload lets pass but its decoding of a key
+/// refuses).
+fn decode_key(raw: &RawValue) -> Option<Cow<'_, str>> {
+    json_string(raw.get()).ok()
 }
 
 /// Reads one array element in place: the seed `payload::for_each_element`
@@ -398,16 +410,7 @@ impl<'a> Field<'a> {
     fn of(raw: &'a RawValue, field: &str) -> Result<Field<'a>, Rejection> {
         let text = raw.get();
         Ok(match text.as_bytes().first() {
-            Some(b'"') => {
-                let inner = &text[1..text.len() - 1];
-                if inner.contains('\\') {
-                    let decoded: String =
-                        serde_json::from_str(text).map_err(|e| bad_json(field, e))?;
-                    Field::Str(Cow::Owned(decoded))
-                } else {
-                    Field::Str(Cow::Borrowed(inner))
-                }
-            }
+            Some(b'"') => Field::Str(json_string(text).map_err(|e| bad_json(field, e))?),
             Some(b'n') => Field::Null,
             Some(b't') => Field::Bool(true),
             Some(b'f') => Field::Bool(false),
@@ -1428,14 +1431,12 @@ pub fn flat_object(json: &str) -> Option<Vec<(Cow<'_, str>, FlatValue<'_>)>> {
         .fields
         .into_iter()
         .map(|(key, raw)| {
-            let text = raw.get();
-            let value = match text.as_bytes().first()? {
-                b'"' => FlatValue::Str(decode_key(raw)?),
-                b'n' => FlatValue::Null,
-                b't' => FlatValue::Bool(true),
-                b'f' => FlatValue::Bool(false),
-                b'{' | b'[' => return None,
-                _ => FlatValue::Number(text),
+            let value = match Field::of(raw, &key).ok()? {
+                Field::Str(text) => FlatValue::Str(text),
+                Field::Number(text) => FlatValue::Number(text),
+                Field::Bool(b) => FlatValue::Bool(b),
+                Field::Null => FlatValue::Null,
+                Field::Array(_) | Field::Object(_) => return None,
             };
             Some((key, value))
         })

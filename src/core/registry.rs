@@ -1,6 +1,8 @@
 //! The metric type registry as the validator sees it: a snapshot of
 //! `metrics_ingest.metric_types`, loaded by the SQL layer.
 
+use std::collections::BTreeMap;
+
 /// How a metric's value is given and stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueKind {
@@ -49,12 +51,13 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(rules: impl IntoIterator<Item = MetricTypeRule>) -> Registry {
-        let mut rules: Vec<MetricTypeRule> = rules.into_iter().collect();
-        rules.sort_by(|a, b| a.name.cmp(&b.name));
-        // A name given twice keeps its last rule, as a map built from the list would.
-        rules.reverse();
-        rules.dedup_by(|later, kept| later.name == kept.name);
-        rules.reverse();
+        // By name (a name given twice keeps its last rule), in byte order.
+        let rules: Vec<MetricTypeRule> = rules
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect::<BTreeMap<_, _>>()
+            .into_values()
+            .collect();
         let names = rules.iter().map(|r| r.name.clone()).collect();
         Registry {
             rules,

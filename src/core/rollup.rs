@@ -7,7 +7,6 @@
 //! in the same transaction as the rows, as delta rows that `run_maintenance`
 //! compacts: concurrent calls only ever insert, so none waits for another.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 
 use super::element::{Profile, ValidElement};
@@ -198,14 +197,8 @@ impl Rollup {
                 context.location.as_deref(),
             ]
         });
-        let profile = (!context.profile.is_empty()).then(|| {
-            let own =
-                |text: &Option<Cow<'_, str>>| text.as_deref().map(|t| Cow::Owned(t.to_owned()));
-            Box::new(Profile {
-                name: own(&context.profile.name),
-                email: own(&context.profile.email),
-            })
-        });
+        let profile =
+            (!context.profile.is_empty()).then(|| Box::new(context.profile.clone().into_owned()));
         let about = if session.is_some() || profile.is_some() {
             self.abouts.intern(&context.user_id, session)
         } else {
