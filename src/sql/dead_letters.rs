@@ -5,12 +5,18 @@
 //! index rejected_event_key on (event_id, md5(element))): the same bad element
 //! sent again (a replayed micro-batch, a client's retry) conflicts and adds
 //! nothing. Without an event_id nothing can conflict, and every copy is kept.
+//!
+//! That conflict makes a call wait when another transaction is keeping the
+//! same dead letter; a call that may give way (contention.rs) looks the key up
+//! first, without waiting, through `KeyProbe`.
 
 use std::cell::Cell;
 use std::ffi::c_char;
+use std::ptr::null_mut;
 
 use pgrx::{pg_sys, PgMemoryContexts};
 
+use super::contention::{self, Blocker, Contention, Probe};
 use super::datum::text_datum;
 use super::errors::raise_internal;
 use super::insert_path::kept_plan;
@@ -41,15 +47,156 @@ thread_local! {
     static REJECTED_PLAN_0_1: Cell<pg_sys::SPIPlanPtr> = const { Cell::new(std::ptr::null_mut()) };
 }
 
+/// Where dead letters are built, and how their keys are looked up.
+pub struct DeadLetters {
+    memory: PgMemoryContexts,
+    contention: Contention,
+    /// Opened on the first dead letter with an event_id of a call that may give way.
+    probe: Option<KeyProbe>,
+}
+
+impl DeadLetters {
+    pub fn new(contention: &Contention) -> DeadLetters {
+        DeadLetters {
+            memory: PgMemoryContexts::new("metrics_ingest dead letter"),
+            contention: contention.clone(),
+            probe: None,
+        }
+    }
+
+    /// Releases what the key lookups opened.
+    pub fn close(&mut self) {
+        if let Some(probe) = self.probe.take() {
+            probe.close();
+        }
+    }
+
+    /// What the call must give way to (contention.rs) rather than wait for
+    /// while keeping a dead letter with this event_id: an older transaction
+    /// keeping the same one.
+    fn must_give_way(&mut self, event_id: &str, element: &str) -> Option<Blocker> {
+        self.contention.as_ref()?;
+        let probe = self.probe.get_or_insert_with(KeyProbe::open);
+        let xid = probe.look_up(event_id, element)?;
+        (!contention::may_wait(&self.contention, xid)).then_some(Blocker::Transaction(xid))
+    }
+}
+
+/// `rejected` opened with its unique indexes, to look a dead letter's key up.
+struct KeyProbe {
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    found: *mut pg_sys::TupleTableSlot,
+    /// Positions of the ready, immediate unique indexes (rejected_event_key).
+    unique: Vec<usize>,
+    element_attribute: usize,
+    event_id_attribute: usize,
+}
+
+impl KeyProbe {
+    fn open() -> KeyProbe {
+        // SAFETY: `rejected` is opened with ROW EXCLUSIVE, as the INSERT that
+        // follows takes it; the executor state and slots are released in
+        // `close` (or with the subtransaction, on an error).
+        unsafe {
+            let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), false);
+            let relid = pg_sys::get_relname_relid(c"rejected".as_ptr(), namespace);
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            let estate = pg_sys::CreateExecutorState();
+            let mut query_memory = PgMemoryContexts::For((*estate).es_query_cxt);
+            let rri = query_memory.switch_to(|_| {
+                let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                    as *mut pg_sys::ResultRelInfo;
+                (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+                pg_sys::InitResultRelInfo(rri, rel, 0, null_mut(), 0);
+                pg_sys::ExecOpenIndices(rri, true);
+                rri
+            });
+            let unique = (0..(*rri).ri_NumIndices.max(0) as usize)
+                .filter(|&i| {
+                    let info = *(*rri).ri_IndexRelationInfo.add(i);
+                    let index = *(*rri).ri_IndexRelationDescs.add(i);
+                    (*info).ii_Unique
+                        && (*info).ii_ReadyForInserts
+                        && (*(*index).rd_index).indimmediate
+                })
+                .collect();
+            let attribute = |name: &std::ffi::CStr| {
+                (pg_sys::get_attnum(relid, name.as_ptr()) as usize).saturating_sub(1)
+            };
+            KeyProbe {
+                slot: pg_sys::table_slot_create(rel, &mut (*estate).es_tupleTable),
+                found: pg_sys::table_slot_create(rel, &mut (*estate).es_tupleTable),
+                rel,
+                estate,
+                rri,
+                unique,
+                element_attribute: attribute(c"element"),
+                event_id_attribute: attribute(c"event_id"),
+            }
+        }
+    }
+
+    /// The transaction in progress keeping a dead letter with this key, if any.
+    fn look_up(&mut self, event_id: &str, element: &str) -> Option<pg_sys::TransactionId> {
+        // SAFETY: the slot belongs to `rejected`, so its arrays hold natts
+        // entries and both attribute numbers come from its catalog; the text
+        // datums live in the per-tuple memory, reset before returning.
+        unsafe {
+            let slot = self.slot;
+            pg_sys::ExecClearTuple(slot);
+            let natts = (*(*slot).tts_tupleDescriptor).natts as usize;
+            std::slice::from_raw_parts_mut((*slot).tts_isnull, natts).fill(true);
+            let econtext = pg_sys::MakePerTupleExprContext(self.estate);
+            let values = (*slot).tts_values;
+            let nulls = (*slot).tts_isnull;
+            let (event_id_at, element_at) = (self.event_id_attribute, self.element_attribute);
+            PgMemoryContexts::For((*econtext).ecxt_per_tuple_memory).switch_to(|_| {
+                *values.add(event_id_at) = text_datum(event_id);
+                *nulls.add(event_id_at) = false;
+                *values.add(element_at) = text_datum(element);
+                *nulls.add(element_at) = false;
+            });
+            pg_sys::ExecStoreVirtualTuple(slot);
+            let mut in_progress = None;
+            for &index in &self.unique {
+                if let Probe::InProgress(xid) =
+                    contention::probe(self.rri, self.estate, index, slot, self.found)
+                {
+                    in_progress = Some(xid);
+                    break;
+                }
+            }
+            pg_sys::ExecClearTuple(slot);
+            pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+            in_progress
+        }
+    }
+
+    fn close(self) {
+        // SAFETY: everything opened in `open` is released once; the relation
+        // stays locked until the transaction ends (NoLock).
+        unsafe {
+            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
+            pg_sys::ExecCloseIndices(self.rri);
+            pg_sys::FreeExecutorState(self.estate);
+            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        }
+    }
+}
+
 /// Stores one dead letter; false when the same one (same event_id and text) was
-/// kept already. SPI must be connected; `memory` is reset afterwards.
+/// kept already. SPI must be connected. `Err` when the call must give way to
+/// an older transaction keeping the same dead letter (nothing is stored).
 pub fn reject(
-    memory: &mut PgMemoryContexts,
+    letters: &mut DeadLetters,
     source: &str,
     ordinal: usize,
     element: &str,
     rejection: &Rejection,
-) -> bool {
+) -> Result<bool, Blocker> {
     let with_ids = rejected_has_ids();
     let plan = if with_ids {
         kept_plan(&REJECTED_PLAN, INSERT_REJECTED, &INSERT_REJECTED_TYPES)
@@ -61,6 +208,12 @@ pub fn reject(
         )
     };
     let ids = rejected_ids(element);
+    if let Some(event_id) = ids.event_id.as_deref().filter(|_| with_ids) {
+        if let Some(blocker) = letters.must_give_way(event_id, element) {
+            return Err(blocker);
+        }
+    }
+    let memory = &mut letters.memory;
     // SAFETY: the parameters are built in `memory`, which outlives the SPI call
     // and is reset after it.
     let stored = unsafe {
@@ -108,7 +261,7 @@ pub fn reject(
     };
     // SAFETY: nothing built in `memory` is used past this point.
     unsafe { pg_sys::MemoryContextReset(memory.value()) };
-    stored
+    Ok(stored)
 }
 
 /// Whether `metrics_ingest.rejected` has the columns of 0.2.0 (user_id, event_id;

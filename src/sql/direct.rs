@@ -14,14 +14,15 @@
 //! of its keys already exists (a retry) or is being inserted by a concurrent
 //! session, the subtransaction is rolled back and the flush's rows go in one by
 //! one through speculative insertion, the exact protocol of INSERT ... ON
-//! CONFLICT DO NOTHING (which waits for the other session to finish). After a
+//! CONFLICT DO NOTHING (which waits for the other session to finish, unless
+//! this call must give way to it: see contention.rs). After a
 //! flush that met duplicates, rows with an event_id are probed against the
 //! index before they are buffered, since a retried batch is usually duplicates
 //! throughout.
 //!
 //! PostgreSQL keeps only 64 subtransaction ids per backend in shared memory
 //! before every other session's visibility checks slow down, so a transaction
-//! uses at most `MAX_SUBTRANSACTIONS`. Past that, flushes are unguarded: a row
+//! uses at most `contention::MAX_SUBTRANSACTIONS`. Past that, flushes are unguarded: a row
 //! whose event key turns out to be taken is deleted again (in this same
 //! transaction, so no one ever sees it) and redone by speculative insertion.
 //!
@@ -29,13 +30,13 @@
 //! definition: during REINDEX CONCURRENTLY the new copy is one of them, as it
 //! is for INSERT ... ON CONFLICT.
 
-use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
 use std::rc::Rc;
 
 use pgrx::{pg_sys, PgMemoryContexts};
 
+use super::contention::{self, take_subtransaction, Contention, Probe};
 use super::datum::{jsonb_datum, supplied_values, Column, EVENT_KEY};
 use super::errors::raise_internal;
 use super::pg_compat;
@@ -45,28 +46,6 @@ use crate::core::element::{Context, Measurement, ValidElement};
 
 /// Rows per multi-insert, as COPY's MAX_BUFFERED_TUPLES.
 pub const MAX_BUFFERED: usize = 1000;
-
-/// Subtransactions one transaction may use for optimistic flushes, well under
-/// PostgreSQL's per-backend cache of 64 (PGPROC_MAX_CACHED_SUBXIDS).
-const MAX_SUBTRANSACTIONS: u32 = 32;
-
-thread_local! {
-    /// (start of the transaction they were counted in, subtransactions used).
-    static SUBTRANSACTIONS: Cell<(i64, u32)> = const { Cell::new((0, 0)) };
-}
-
-/// Takes one subtransaction from this transaction's budget, if any is left.
-fn take_subtransaction() -> bool {
-    // SAFETY: reads the current transaction's start time, always set inside one.
-    let transaction = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-    let (counted_in, used) = SUBTRANSACTIONS.get();
-    let used = if counted_in == transaction { used } else { 0 };
-    if used >= MAX_SUBTRANSACTIONS {
-        return false;
-    }
-    SUBTRANSACTIONS.set((transaction, used + 1));
-    true
-}
 
 pub struct DirectLeaf {
     layout: Rc<LeafLayout>,
@@ -79,6 +58,10 @@ pub struct DirectLeaf {
     bistate: pg_sys::BulkInsertState,
     cid: pg_sys::CommandId,
     arbiters: *mut pg_sys::List,
+    /// The same indexes, by position in the result relation's index arrays.
+    arbiter_indexes: Vec<usize>,
+    /// Where this call records that it gave way (see contention.rs).
+    contention: Contention,
     defaults: Vec<(usize, *mut pg_sys::ExprState)>,
     has_constraints: bool,
     bulk: bool,
@@ -103,6 +86,7 @@ impl DirectLeaf {
         table: Rc<TableShape>,
         layout: Rc<LeafLayout>,
         bulk: bool,
+        contention: Contention,
     ) -> DirectLeaf {
         // SAFETY: the writer holds ROW EXCLUSIVE on the partitioned table and
         // opens the leaf with the same lock, as COPY does; every executor
@@ -112,14 +96,14 @@ impl DirectLeaf {
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             let estate = pg_sys::CreateExecutorState();
             let mut query_memory = PgMemoryContexts::For((*estate).es_query_cxt);
-            let (rri, arbiters) = query_memory.switch_to(|_| {
+            let (rri, (arbiters, arbiter_indexes)) = query_memory.switch_to(|_| {
                 let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
                     as *mut pg_sys::ResultRelInfo;
                 (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
                 pg_sys::InitResultRelInfo(rri, rel, 0, null_mut(), 0);
                 pg_compat::check_valid_insert(rri);
                 pg_sys::ExecOpenIndices(rri, true);
-                let arbiters = event_arbiters(rri, &layout);
+                let (arbiters, arbiter_indexes) = event_arbiters(rri, &layout);
                 if !layout.checks.is_empty()
                     && !(*(*rel).rd_att).constr.is_null()
                     && (*(*(*rel).rd_att).constr).num_check as usize == layout.checks.len()
@@ -134,7 +118,7 @@ impl DirectLeaf {
                     }
                     pg_compat::set_check_constraint_exprs(rri, states);
                 }
-                (rri, arbiters)
+                (rri, (arbiters, arbiter_indexes))
             });
             let defaults = query_memory.switch_to(|_| {
                 layout
@@ -165,6 +149,8 @@ impl DirectLeaf {
                 rri,
                 cid,
                 arbiters,
+                arbiter_indexes,
+                contention,
                 defaults,
                 bulk,
                 slots: Vec::new(),
@@ -242,22 +228,58 @@ impl DirectLeaf {
 
     /// Whether the row in `slot` has an event key already stored (or being
     /// stored, in which case this waits for that transaction, as INSERT ... ON
-    /// CONFLICT does), and if so whether the stored row has the same values.
+    /// CONFLICT does, unless this call must give way to it: see contention.rs),
+    /// and if so whether the stored row has the same values. Once the call
+    /// gave way, every row counts as a duplicate: nothing more is written
+    /// before the attempt is rolled back.
     unsafe fn repeat_of(&mut self, slot: *mut pg_sys::TupleTableSlot) -> Option<Repeat> {
-        // SAFETY: the slot holds a complete row of this relation; the arbiters
-        // are indexes opened by ExecOpenIndices on it.
-        unsafe {
-            let mut conflict = pg_sys::ItemPointerData::default();
-            let free = pg_compat::check_index_constraints(
-                self.rri,
-                slot,
-                self.estate,
-                &mut conflict,
-                self.arbiters,
-            );
-            reset_if_used((*self.econtext).ecxt_per_tuple_memory);
-            (!free).then(|| self.compare_stored(slot, conflict))
+        if self.gave_way() {
+            return Some(Repeat::Duplicate);
         }
+        let found = self.found_slot();
+        // SAFETY: the slot holds a complete row of this relation; the arbiters
+        // are indexes opened by ExecOpenIndices on it, with speculative info.
+        unsafe {
+            for &index in &self.arbiter_indexes {
+                match contention::probe(self.rri, self.estate, index, slot, found) {
+                    Probe::Free => continue,
+                    Probe::Stored(tid) => return Some(self.compare_stored(slot, tid)),
+                    Probe::InProgress(xid) => {
+                        if !contention::may_wait(&self.contention, xid) {
+                            return Some(Repeat::Duplicate);
+                        }
+                        // Waits for that transaction, then finds what it left.
+                        let mut conflict = pg_sys::ItemPointerData::default();
+                        let free = pg_compat::check_index_constraints(
+                            self.rri,
+                            slot,
+                            self.estate,
+                            &mut conflict,
+                            self.arbiters,
+                        );
+                        reset_if_used((*self.econtext).ecxt_per_tuple_memory);
+                        return (!free).then(|| self.compare_stored(slot, conflict));
+                    }
+                }
+            }
+            reset_if_used((*self.econtext).ecxt_per_tuple_memory);
+            None
+        }
+    }
+
+    /// Whether this call gave way to another transaction (contention.rs).
+    fn gave_way(&self) -> bool {
+        self.contention.as_ref().is_some_and(|c| c.get().is_some())
+    }
+
+    /// A slot of this relation for stored rows, made on first use.
+    fn found_slot(&mut self) -> *mut pg_sys::TupleTableSlot {
+        if self.stored_slot.is_null() {
+            // SAFETY: made for this relation, in the EState's tuple table.
+            self.stored_slot =
+                unsafe { pg_sys::table_slot_create(self.rel, &mut (*self.estate).es_tupleTable) };
+        }
+        self.stored_slot
     }
 
     /// Compares a row with the stored row of the same event key, at `tid`.
@@ -266,12 +288,7 @@ impl DirectLeaf {
         slot: *mut pg_sys::TupleTableSlot,
         mut tid: pg_sys::ItemPointerData,
     ) -> Repeat {
-        if self.stored_slot.is_null() {
-            // SAFETY: made for this relation, in the EState's tuple table.
-            self.stored_slot =
-                unsafe { pg_sys::table_slot_create(self.rel, &mut (*self.estate).es_tupleTable) };
-        }
-        let stored = self.stored_slot;
+        let stored = self.found_slot();
         // SAFETY: the TID came from the arbiter index just now; SnapshotAny
         // fetches the version it points to whatever its visibility (the
         // arbiter check already waited for its inserter). Both slots belong to
@@ -305,6 +322,19 @@ impl DirectLeaf {
     /// Writes the buffered rows. See the module comment for the race handling.
     fn flush(&mut self) {
         if self.buffered() == 0 {
+            return;
+        }
+        if self.gave_way() {
+            // The attempt is rolled back: the buffered rows need not be written.
+            // SAFETY: the slots hold rows built in the batch context, unused now.
+            unsafe {
+                for &slot in &self.slots[..self.buffered()] {
+                    pg_sys::ExecClearTuple(slot);
+                }
+                pg_sys::MemoryContextReset(self.batch_context.value());
+            }
+            self.buffered_events = 0;
+            self.buffered_rows.clear();
             return;
         }
         let guarded = self.buffered_events > 0 && !self.probe_first && take_subtransaction();
@@ -674,14 +704,16 @@ unsafe fn same_value(column: Column, a: pg_sys::Datum, b: pg_sys::Datum) -> bool
 }
 
 /// Every ready, immediate unique index of the leaf whose key is exactly the
-/// event key, in order (see the module comment).
+/// event key, in order (see the module comment): as a list of OIDs, and as
+/// positions in the result relation's index arrays.
 unsafe fn event_arbiters(
     rri: *mut pg_sys::ResultRelInfo,
     layout: &LeafLayout,
-) -> *mut pg_sys::List {
+) -> (*mut pg_sys::List, Vec<usize>) {
     // SAFETY: ExecOpenIndices filled ri_NumIndices index relations and infos.
     unsafe {
         let mut arbiters = null_mut();
+        let mut positions = Vec::new();
         for i in 0..(*rri).ri_NumIndices as usize {
             let index = *(*rri).ri_IndexRelationDescs.add(i);
             let info = *(*rri).ri_IndexRelationInfo.add(i);
@@ -698,8 +730,9 @@ unsafe fn event_arbiters(
                 });
             if is_event_key {
                 arbiters = pg_sys::lappend_oid(arbiters, (*index).rd_id);
+                positions.push(i);
             }
         }
-        arbiters
+        (arbiters, positions)
     }
 }

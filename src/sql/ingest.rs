@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 use pgrx::PgMemoryContexts;
 
+use super::contention::{restarting, Blocker, Contention};
 use super::datum::{jsonb_text, text_datum, Column};
 use super::errors::{raise, raise_internal, raise_payload, raise_rejection};
 use super::registry_cache::registry;
@@ -93,6 +94,12 @@ impl RejectionTexts {
         }
     }
 
+    /// Forgets every text pushed: an attempt that gave way starts again.
+    fn clear(&mut self) {
+        // SAFETY: the store is this value's own, and nothing read from it is kept.
+        unsafe { pg_sys::tuplestore_clear(self.store) };
+    }
+
     fn push(&mut self, error: &str, field: &str) {
         let (store, descriptor) = (self.store, self.descriptor);
         // SAFETY: the datums are built in `scratch` and copied by
@@ -163,11 +170,30 @@ pub unsafe extern "C-unwind" fn ingest_json_jsonb_wrapper(
     return_outcomes(fcinfo, &outcomes, texts)
 }
 
+/// Stores a payload: attempts of `attempt` until one completes (see
+/// contention.rs: an attempt that gives way to an older transaction is rolled
+/// back and made again once that transaction has ended).
 fn ingest(payload: &str, mode: OnError, texts: &mut RejectionTexts) -> Vec<Outcome> {
+    restarting(|contention| {
+        texts.clear();
+        attempt(payload, mode, texts, contention)
+    })
+}
+
+fn attempt(
+    payload: &str,
+    mode: OnError,
+    texts: &mut RejectionTexts,
+    contention: &Contention,
+) -> Result<Vec<Outcome>, Blocker> {
     let registry = registry();
-    let mut writer = Writer::open(Path::Bulk, registry.profiles());
+    let mut writer = Writer::open(Path::Bulk, registry.profiles(), contention);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let read = for_each_element(payload, |ordinal, raw, read| {
+        if writer.gave_way().is_some() {
+            // This attempt is rolled back and made again: the rest is read only.
+            return;
+        }
         let validated = validate_read(raw, read, &registry)
             .and_then(|element| writer.check_retention(&element).map(|()| element));
         match validated {
@@ -205,7 +231,7 @@ fn ingest(payload: &str, mode: OnError, texts: &mut RejectionTexts) -> Vec<Outco
     if let Err(error) = read {
         raise_payload(&error);
     }
-    for (ordinal, repeat) in writer.finish() {
+    for (ordinal, repeat) in writer.finish()? {
         // A row found at flush time to repeat a stored event: the element stored
         // fewer rows than it was credited with; none at all makes it a duplicate.
         // Ordinals are the positions in `outcomes`, one outcome per element.
@@ -230,7 +256,7 @@ fn ingest(payload: &str, mode: OnError, texts: &mut RejectionTexts) -> Vec<Outco
             }
         }
     }
-    outcomes
+    Ok(outcomes)
 }
 
 /// The error text of a conflicting repeat whose `column` differs.

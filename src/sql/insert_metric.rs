@@ -6,7 +6,7 @@
 use pgrx::prelude::*;
 
 use super::datum::jsonb_text;
-use super::errors::{raise, raise_rejection};
+use super::errors::{raise, raise_internal, raise_rejection};
 use super::registry_cache::registry;
 use super::writer::{Path, Writer};
 use crate::core::element::{validate_call, CallArgs, CallValue};
@@ -62,12 +62,15 @@ unsafe fn insert(fcinfo: pg_sys::FunctionCallInfo, metric_value: CallValue<'_>) 
         Ok(element) => element,
         Err(rejection) => raise_rejection(&rejection, None),
     };
-    let mut writer = Writer::open(Path::Single, registry.profiles());
+    // One event: it waits for a concurrent insert of it as INSERT does.
+    let mut writer = Writer::open(Path::Single, registry.profiles(), &None);
     if let Err(rejection) = writer.check_retention(&element) {
         raise_rejection(&rejection, None);
     }
     let stored = writer.store(1, &element);
-    writer.finish();
+    if writer.finish().is_err() {
+        raise_internal("insert_metric", "gave way without a subtransaction");
+    }
     if let Some(column) = stored.conflict {
         raise(
             PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,

@@ -3,6 +3,7 @@
 //! export their C symbols (`sql = false`).
 
 mod citus;
+mod contention;
 mod datum;
 mod dead_letters;
 mod direct;

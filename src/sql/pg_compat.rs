@@ -16,7 +16,7 @@
 //!   `ExecCheckIndexConstraints` takes the TID of a tuple being updated; a
 //!   `TupleDesc`'s attributes sit behind its compact attributes, reached only
 //!   through `TupleDescAttr`; `ResultRelInfo.ri_ConstraintExprs` became
-//!   `ri_CheckConstraintExprs`.
+//!   `ri_CheckConstraintExprs`; `index_beginscan` takes scan instrumentation.
 //!
 //! pg15 and pg18 are built and tested (scripts/test.sh); pg16 and pg17 follow
 //! pgrx 0.18.1's bindings for those majors but are not built here (no headers).
@@ -96,6 +96,24 @@ pub unsafe fn check_index_constraints(
         null_mut(),
         arbiters,
     );
+}
+
+/// `index_beginscan` of an index scan with `nkeys` scan keys and no ORDER BY
+/// (18 added the instrumentation argument).
+///
+/// # Safety
+/// Both relations are open and locked; `snapshot` outlives the scan.
+pub unsafe fn index_beginscan(
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+    snapshot: pg_sys::Snapshot,
+    nkeys: i32,
+) -> pg_sys::IndexScanDesc {
+    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+    return pg_sys::index_beginscan(heap, index, snapshot, nkeys, 0);
+
+    #[cfg(feature = "pg18")]
+    return pg_sys::index_beginscan(heap, index, snapshot, null_mut(), nkeys, 0);
 }
 
 /// The attribute at 0-based index `i` of `tupdesc` (C's `TupleDescAttr`).

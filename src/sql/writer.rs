@@ -11,8 +11,9 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
-use pgrx::{pg_sys, PgMemoryContexts};
+use pgrx::pg_sys;
 
+use super::contention::{self, Blocker, Contention};
 use super::datum::timestamptz_datum;
 use super::dead_letters;
 use super::direct::DirectLeaf;
@@ -63,19 +64,22 @@ pub struct Writer {
     /// SPI is connected on first need: the fast path does without it.
     spi_connected: bool,
     caller_context: pg_sys::MemoryContext,
-    reject_memory: PgMemoryContexts,
+    dead_letters: dead_letters::DeadLetters,
     late_repeats: Vec<LateRepeat>,
     /// What the stored rows add to sessions, daily totals and users; None on a
     /// catalog older than 0.3.0, which has none of them.
     rollup: Option<Rollup>,
     /// Oldest storable time (timestamptz microseconds) and the retention, if set.
     horizon: Option<(i64, String)>,
+    /// Set when this attempt may give way to another transaction (contention.rs).
+    contention: Contention,
 }
 
 impl Writer {
     /// `rollups`: whether the catalog has sessions, daily totals and users
-    /// (0.3.0 on) to keep up to date.
-    pub fn open(path: Path, rollups: bool) -> Writer {
+    /// (0.3.0 on) to keep up to date. `contention`: where an attempt that may
+    /// give way records it (None: wait as INSERT does).
+    pub fn open(path: Path, rollups: bool, contention: &Contention) -> Writer {
         let relid = table::lock_metrics();
         table::check_insert_privilege(relid);
         // SAFETY: the table is locked (ROW EXCLUSIVE, until the transaction ends)
@@ -101,11 +105,18 @@ impl Writer {
             spi_connected: false,
             // SAFETY: reading the current context pointer.
             caller_context: unsafe { pg_sys::CurrentMemoryContext },
-            reject_memory: PgMemoryContexts::new("metrics_ingest dead letter"),
+            dead_letters: dead_letters::DeadLetters::new(contention),
             late_repeats: Vec::new(),
             rollup: rollups.then(Rollup::default),
             horizon: retention_horizon(),
+            contention: contention.clone(),
         }
+    }
+
+    /// What this attempt gave way to, if it did: its rows are not all written,
+    /// and it must be rolled back and made again (contention.rs).
+    pub fn gave_way(&self) -> Option<Blocker> {
+        self.contention.as_ref().and_then(|c| c.get())
     }
 
     fn connect_spi(&mut self) {
@@ -143,8 +154,14 @@ impl Writer {
 
     /// Stores an element's rows (or buffers them for a later flush).
     pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> Stored {
+        if self.gave_way().is_some() {
+            return Stored::default();
+        }
         let relid = if self.table.partitioned {
-            self.partition_for(element.context.unix_us - PG_EPOCH_OFFSET_US)
+            match self.partition_for(element.context.unix_us - PG_EPOCH_OFFSET_US) {
+                Some(relid) => relid,
+                None => return Stored::default(),
+            }
         } else {
             self.table.relid
         };
@@ -183,15 +200,19 @@ impl Writer {
         unsafe { pg_sys::MemoryContextSwitchTo(self.caller_context) };
     }
 
-    /// The partition for `pg_us`, made if there is none.
-    fn partition_for(&mut self, pg_us: i64) -> pg_sys::Oid {
+    /// The partition for `pg_us`, made if there is none; None if this attempt
+    /// must give way to another session making partitions.
+    fn partition_for(&mut self, pg_us: i64) -> Option<pg_sys::Oid> {
         if let Some(relid) = table::route(&self.routes, pg_us) {
-            return relid;
+            return Some(relid);
         }
         // Another session may have made it since the bounds were read.
         self.reload_routes();
         if let Some(relid) = table::route(&self.routes, pg_us) {
-            return relid;
+            return Some(relid);
+        }
+        if !contention::try_partition_lock(&self.contention) {
+            return None;
         }
         self.connect_spi();
         let plan = kept_plan(
@@ -210,9 +231,9 @@ impl Writer {
         }
         self.back_from_spi();
         self.reload_routes();
-        table::route(&self.routes, pg_us).unwrap_or_else(|| {
+        Some(table::route(&self.routes, pg_us).unwrap_or_else(|| {
             raise_internal("making a partition", "no partition after partition_for")
-        })
+        }))
     }
 
     fn reload_routes(&mut self) {
@@ -248,7 +269,13 @@ impl Writer {
                 Target::Insert
             } else {
                 let bulk = self.path == Path::Bulk;
-                let leaf = DirectLeaf::open(relid, Rc::clone(&self.table), layout, bulk);
+                let leaf = DirectLeaf::open(
+                    relid,
+                    Rc::clone(&self.table),
+                    layout,
+                    bulk,
+                    self.contention.clone(),
+                );
                 self.direct.push(leaf);
                 Target::Direct(self.direct.len() - 1)
             }
@@ -274,20 +301,30 @@ impl Writer {
         element: &str,
         rejection: &Rejection,
     ) -> bool {
+        if self.gave_way().is_some() {
+            return false;
+        }
         self.connect_spi();
         let stored =
-            dead_letters::reject(&mut self.reject_memory, source, ordinal, element, rejection);
+            dead_letters::reject(&mut self.dead_letters, source, ordinal, element, rejection);
         self.back_from_spi();
-        stored
+        // Err: the call gave way, and the contention is recorded.
+        stored.unwrap_or(false)
     }
 
     /// Writes what is buffered, then the rollups of what was stored; returns
     /// the ordinals of elements one of whose rows turned out, at flush time, to
-    /// repeat a stored event after all (one entry per such row).
-    pub fn finish(mut self) -> Vec<(usize, Repeat)> {
+    /// repeat a stored event after all (one entry per such row). `Err` when
+    /// this attempt gave way to another transaction (contention.rs): nothing
+    /// more is written, and the caller rolls the attempt back.
+    pub fn finish(mut self) -> Result<Vec<(usize, Repeat)>, Blocker> {
         self.close_leaves();
         if let Some(insert) = self.insert.take() {
             self.late_repeats.extend(insert.finish());
+        }
+        if let Some(blocker) = self.gave_way() {
+            self.finish_spi();
+            return Err(blocker);
         }
         if let Some(mut rollup) = self.rollup.take() {
             for late in &self.late_repeats {
@@ -301,13 +338,20 @@ impl Writer {
                 self.back_from_spi();
             }
         }
+        self.finish_spi();
+        Ok(self
+            .late_repeats
+            .iter()
+            .map(|late| (late.ordinal, late.repeat))
+            .collect())
+    }
+
+    fn finish_spi(&mut self) {
+        self.dead_letters.close();
         if self.spi_connected {
+            self.spi_connected = false;
             // SAFETY: SPI was connected by this writer and is finished once.
             unsafe { pg_sys::SPI_finish() };
         }
-        self.late_repeats
-            .iter()
-            .map(|late| (late.ordinal, late.repeat))
-            .collect()
     }
 }

@@ -1020,6 +1020,155 @@ const OWNER_ONLY: [&str; 2] = [
     "SELECT * FROM metrics_ingest.rebuild_rollups()",
 ];
 
+/// Re-sends that do not repeat their original's order: each client sends random
+/// subsets of one pool of elements, shuffled, so that any two calls carry many
+/// of the same events (and the same bad elements, and new days' partitions) in
+/// different orders. Two INSERTs taking the same keys in different orders
+/// deadlock; ingest_json must not (contention.rs): every call completes, every
+/// event is stored once, every bad element is kept once, and the rollups stay
+/// exact.
+#[test]
+fn reshuffled_resends_racing_each_other_never_deadlock() {
+    const CLIENTS_R: usize = 8;
+    const CALLS: usize = 5;
+    const POOL: usize = 2_400;
+    const PER_CALL: usize = 800;
+    let db = TestDb::new("rollups_reshuffled");
+    let config = db.config();
+    let generator = GeneratorConfig {
+        users: 30,
+        // about five UTC days: partitions are made on demand while the calls race
+        events_per_day: POOL as u64 / 5,
+        profile_percent: 10,
+    };
+    // Every 29th element is bad (a dead letter with an event_id).
+    let pool: Vec<(String, bool)> = Generator::with_config(17, generator)
+        .take(POOL)
+        .enumerate()
+        .map(|(i, ev)| {
+            if i % 29 == 7 {
+                let bad = format!(
+                    r#"{{"timestamp":{},"user_id":{},"metric_type":"talked_time","metric_value":-5,"event_id":"bad-{i}"}}"#,
+                    json_str(&ev.timestamp),
+                    json_str(&ev.user_id)
+                );
+                (bad, false)
+            } else {
+                (ev.json(), true)
+            }
+        })
+        .collect();
+    // A small deterministic generator (xorshift): the same subsets every run.
+    let picks = |c: usize, k: usize| -> Vec<usize> {
+        let mut state =
+            (c as u64 + 1) * 0x9E37_79B9_7F4A_7C15 ^ (k as u64 + 1) * 0xD1B5_4A32_D192_ED03;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut order: Vec<usize> = (0..POOL).collect();
+        for i in (1..POOL).rev() {
+            order.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        order.truncate(PER_CALL);
+        order
+    };
+    let inserted = AtomicUsize::new(0);
+    let errors: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..CLIENTS_R)
+            .map(|c| {
+                let (config, pool, picks, inserted) = (&config, &pool, &picks, &inserted);
+                scope.spawn(move || {
+                    let mut client = connect_retry(config);
+                    let mut errors = Vec::new();
+                    for k in 0..CALLS {
+                        let chosen = picks(c, k);
+                        let payload = format!(
+                            "[{}]",
+                            chosen
+                                .iter()
+                                .map(|&i| pool[i].0.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        );
+                        match ingest_with(&mut client, &payload, Via::Text, "reject") {
+                            Ok(outcomes) => {
+                                for (o, &i) in outcomes.iter().zip(&chosen) {
+                                    let fine = if pool[i].1 {
+                                        o.status == "inserted" || o.status == "duplicate"
+                                    } else {
+                                        o.status == "rejected"
+                                    };
+                                    if !fine {
+                                        errors.push(format!(
+                                            "client {c}, call {k}, element {i}: {o:?}"
+                                        ));
+                                    }
+                                    if o.status == "inserted" {
+                                        inserted.fetch_add(
+                                            o.metrics_stored as usize,
+                                            Ordering::Relaxed,
+                                        );
+                                    }
+                                }
+                            }
+                            Err(e) => errors.push(format!(
+                                "client {c}, call {k}: {} (SQLSTATE {})",
+                                error_text(&e),
+                                sqlstate(&e)
+                            )),
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("client thread"))
+            .collect()
+    });
+    assert!(
+        errors.is_empty(),
+        "{} failures:\n{}",
+        errors.len(),
+        errors.join("\n")
+    );
+    let sent: std::collections::BTreeSet<usize> = (0..CLIENTS_R)
+        .flat_map(|c| (0..CALLS).flat_map(move |k| picks(c, k)))
+        .collect();
+    let good = sent.iter().filter(|&&i| pool[i].1).count() as i64;
+    let bad = sent.len() as i64 - good;
+    let mut admin = db.connect();
+    assert_eq!(
+        count(&mut admin, "SELECT count(*) FROM metrics_ingest.metrics"),
+        good
+    );
+    assert_eq!(
+        count(&mut admin, "SELECT count(DISTINCT (user_id, event_id, metric_type, \"timestamp\")) FROM metrics_ingest.metrics"),
+        good
+    );
+    assert_eq!(
+        inserted.load(Ordering::Relaxed) as i64,
+        good,
+        "rows reported inserted"
+    );
+    assert_eq!(
+        count(&mut admin, "SELECT count(*) FROM metrics_ingest.rejected"),
+        bad
+    );
+    assert!(
+        count(
+            &mut admin,
+            "SELECT count(*) FROM metrics_ingest.partitions()"
+        ) >= 5,
+        "the calls made the days' partitions"
+    );
+    assert_rollups_exact(&mut admin, "after the reshuffled re-sends");
+}
+
 #[test]
 fn each_role_reads_what_it_may_and_only_the_owner_forgets_or_rebuilds() {
     let db = TestDb::new("rollups_privileges");
