@@ -143,21 +143,29 @@ fn split_fraction(text: &str) -> Option<(Cow<'_, str>, i64)> {
 
 fn parse_whole_seconds(text: &str) -> Option<i64> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
-        return Some(dt.timestamp());
+        return Some(unix_seconds(dt));
     }
     const WITH_OFFSET: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%#z", "%Y-%m-%d %H:%M:%S%#z"];
     for format in WITH_OFFSET {
         if let Ok(dt) = DateTime::parse_from_str(text, format) {
-            return Some(dt.timestamp());
+            return Some(unix_seconds(dt));
         }
     }
     const NAIVE: [&str; 2] = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"];
     for format in NAIVE {
         if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(naive.and_utc().timestamp());
+            return Some(unix_seconds(naive.and_utc()));
         }
     }
     None
+}
+
+/// Seconds since 1970 of a parsed time whose text held whole seconds. chrono
+/// reads a leap second (`:60`) as second 59 plus a second's worth of
+/// nanoseconds, which `timestamp()` drops; PostgreSQL reads `23:59:60` as the
+/// next minute's `00`, so this counts that second.
+fn unix_seconds<Tz: chrono::TimeZone>(dt: DateTime<Tz>) -> i64 {
+    dt.timestamp() + i64::from(dt.timestamp_subsec_nanos() >= 1_000_000_000)
 }
 
 /// A JSON number of epoch seconds, as its exact text (integer or fractional).
@@ -236,6 +244,12 @@ mod tests {
             ("1999-12-31T23:59:59Z", Err(TimestampError::OutOfWindow)),
             ("2100-01-01T00:00:00Z", Err(TimestampError::OutOfWindow)),
             ("99999-01-01T00:00:00Z", Err(TimestampError::NotIso)),
+            // A leap second is the next minute's first second, as PostgreSQL reads it.
+            ("2024-08-12T11:59:60Z", Ok(T_2024_08_12_12)),
+            ("2024-08-12T11:59:60.25Z", Ok(T_2024_08_12_12 + 250_000)),
+            ("2024-08-12T13:59:60+02:00", Ok(T_2024_08_12_12)),
+            ("2024-08-12 11:59:60", Ok(T_2024_08_12_12)),
+            ("2099-12-31T23:59:60Z", Err(TimestampError::OutOfWindow)),
         ];
         for (text, expected) in cases {
             assert_eq!(&parse_iso(text), expected, "{text}");
