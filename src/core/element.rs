@@ -889,6 +889,17 @@ fn wrong_type(field: &str, expected: &str, value: &Field) -> Rejection {
 /// At most 60 characters of `s` for an error message, shown as written: only
 /// quotes, backslashes and control characters are escaped (JSON style), so
 /// `"٣"` stays `"٣"` rather than Rust's `"\u{663}"`.
+/// A number as an error message shows it: as Rust prints it when that is
+/// short, else in scientific notation (1e300 is not written out in 301 digits).
+fn shown(number: f64) -> String {
+    let plain = number.to_string();
+    if plain.len() <= 24 {
+        plain
+    } else {
+        format!("{number:e}")
+    }
+}
+
 pub fn preview_str(s: &str) -> String {
     const MAX: usize = 60;
     let mut out = String::new();
@@ -1039,7 +1050,7 @@ fn sentiment_in_range(score: f64) -> Result<f64, Rejection> {
         return Err(Rejection::new(
             Kind::OutOfRange,
             "sentiment_score",
-            format!("{score} is outside [-1, 1]"),
+            format!("{} is outside [-1, 1]", shown(score)),
         ));
     }
     Ok(score)
@@ -1124,12 +1135,13 @@ fn measurement_from_json(
         },
     };
     if rule.min.is_some_and(|min| number < min) || rule.max.is_some_and(|max| number > max) {
-        let bound = |b: Option<f64>, open: &str| b.map_or(open.to_string(), |v| v.to_string());
+        let bound = |b: Option<f64>, open: &str| b.map_or(open.to_string(), shown);
         return Err(Rejection::new(
             Kind::OutOfRange,
             field,
             format!(
-                "{number} is outside the bounds of {} [{}, {}]",
+                "{} is outside the bounds of {} [{}, {}]",
+                shown(number),
                 rule.name,
                 bound(rule.min, "-inf"),
                 bound(rule.max, "inf")

@@ -169,6 +169,10 @@ fn rejections_name_the_field_and_the_problem() {
         (format!(r#"{{{OK},"metric_type":"voice_sentiment","metric_value":"ecstatic"}}"#), "metric_value", r#"metric_value: "ecstatic" is not a number or a label of voice_sentiment (negative, neutral, positive)"#, InvalidValue),
         (format!(r#"{{{OK},"metric_type":"voice_sentiment","metric_value":1.5}}"#), "metric_value", "metric_value: 1.5 is outside the bounds of voice_sentiment [-1, 1]", OutOfRange),
         (format!(r#"{{{OK},"talked_time":1,"sentiment_score":2}}"#), "sentiment_score", "sentiment_score: 2 is outside [-1, 1]", OutOfRange),
+        // Numbers far from the bounds are shown short, not in hundreds of digits.
+        (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":-1e300}}"#), "metric_value", "metric_value: -1e300 is outside the bounds of talked_time [0, inf]", OutOfRange),
+        (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":-4.9e-324}}"#), "metric_value", "metric_value: -5e-324 is outside the bounds of talked_time [0, inf]", OutOfRange),
+        (format!(r#"{{{OK},"talked_time":1,"sentiment_score":-1e300}}"#), "sentiment_score", "sentiment_score: -1e300 is outside [-1, 1]", OutOfRange),
         (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":1,"speaker_used":true}}"#), "speaker_used", "speaker_used: an element with metric_type (long form) cannot also carry metric fields (wide form)", InvalidValue),
         (format!(r#"{{{OK},"name":"x"}}"#), "metric_type", "metric_type: is required: the element has neither metric_type nor any metric field (microphone_used, speaker_used, talked_time, voice_sentiment)", Missing),
         (r#"{"user_id":"u","timestamp":1622558400000,"talked_time":1}"#.into(), "timestamp", "timestamp: 1622558400000 epoch seconds is outside the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z (epoch milliseconds must be sent as timestamp_ms)", OutOfRange),
