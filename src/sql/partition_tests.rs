@@ -214,6 +214,37 @@ mod tests {
         );
     }
 
+    /// The horizon an element is judged by is run_maintenance's, computed in
+    /// UTC, whatever the session's TimeZone: across a change of daylight saving
+    /// time, now() - interval in the session's zone lands an hour away, and an
+    /// element accepted by it could be dropped at the next run.
+    #[pg_test]
+    fn the_retention_horizon_is_utc_whatever_the_session_time_zone() {
+        for zone in ["America/New_York", "Australia/Lord_Howe", "Europe/London"] {
+            run(&format!("SET TimeZone = '{zone}'"));
+            for keep in ["7 days", "30 days", "3 mons", "6 mons", "200 days"] {
+                run(&format!("SELECT metrics_ingest.set_retention('{keep}')"));
+                // Just inside and just outside the horizon, computed in UTC.
+                let at = |seconds: i32| {
+                    text(&format!(
+                        "SELECT to_char((now() AT TIME ZONE 'UTC') - interval '{keep}' + interval '{seconds} seconds',                          'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+                    ))
+                };
+                let (inside, outside) = (at(1), at(-1));
+                assert_eq!(
+                    verdicts(&format!(
+                        "[{}, {}]",
+                        event("tz", &inside, &format!("{zone}-{keep}-in")),
+                        event("tz", &outside, &format!("{zone}-{keep}-out"))
+                    )),
+                    "inserted:1,rejected:0:timestamp",
+                    "{zone}, {keep}: {inside} is inside the horizon, {outside} outside"
+                );
+            }
+        }
+        run("RESET TimeZone");
+    }
+
     #[pg_test]
     fn a_retention_reaching_before_the_earliest_timestamp_is_refused_and_changes_nothing() {
         run("SELECT metrics_ingest.set_retention('10 days')");

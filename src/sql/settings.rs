@@ -111,14 +111,19 @@ pub fn retention_horizon() -> Option<(i64, String)> {
         }
     };
     let mut retention = cached.retention?;
-    // SAFETY: timestamptz_mi_interval takes a timestamptz and a pointer to an
+    // In UTC, as run_maintenance computes it: timestamptz - interval steps days
+    // and months in the session's TimeZone, so across a change of daylight
+    // saving time it lands an hour away from run_maintenance's horizon, and an
+    // element accepted here could be dropped at the next run. The same
+    // microseconds as a timestamp without time zone are the UTC wall clock.
+    // SAFETY: timestamp_mi_interval takes a timestamp and a pointer to an
     // interval, which lives on this stack frame across the call; interval_out
     // returns a palloc'd C string, copied here.
     unsafe {
         let now = pg_sys::GetCurrentTransactionStartTimestamp();
         let interval = pg_sys::Datum::from(&mut retention as *mut pg_sys::Interval);
         let horizon = pgrx::direct_function_call_as_datum(
-            pg_sys::timestamptz_mi_interval,
+            pg_sys::timestamp_mi_interval,
             &[Some(pg_sys::Datum::from(now)), Some(interval)],
         )?;
         let text = pgrx::direct_function_call_as_datum(pg_sys::interval_out, &[Some(interval)])?;
