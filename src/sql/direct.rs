@@ -241,7 +241,9 @@ impl DirectLeaf {
         // are indexes opened by ExecOpenIndices on it, with speculative info.
         unsafe {
             for &index in &self.arbiter_indexes {
-                match contention::probe(self.rri, self.estate, index, slot, found) {
+                let probe = contention::probe(self.rri, self.estate, index, slot, found);
+                reset_if_used((*self.econtext).ecxt_per_tuple_memory);
+                match probe {
                     Probe::Free => continue,
                     Probe::Stored(tid) => return Some(self.compare_stored(slot, tid)),
                     Probe::InProgress(xid) => {
@@ -262,7 +264,6 @@ impl DirectLeaf {
                     }
                 }
             }
-            reset_if_used((*self.econtext).ecxt_per_tuple_memory);
             None
         }
     }

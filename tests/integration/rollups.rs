@@ -901,6 +901,45 @@ fn compaction_racing_ingest_keeps_rollups_exact() {
 /// statement of their own before the rest, so two calls could lock two users in
 /// opposite orders and deadlock, 40P01), and each user ends with the profile of
 /// the call whose elements are newest.
+/// Makes `calls` ingest_json calls from each of `clients` clients at once: call k
+/// of client c sends `payload(c, k)`, and `check(c, k, outcomes)` says what is
+/// wrong with its verdicts. Returns those problems and every call that failed,
+/// with its SQLSTATE.
+fn ingest_from_clients(
+    config: &Config,
+    clients: usize,
+    calls: usize,
+    payload: impl Fn(usize, usize) -> String + Sync,
+    check: impl Fn(usize, usize, &[Outcome]) -> Vec<String> + Sync,
+) -> Vec<String> {
+    let (payload, check) = (&payload, &check);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|c| {
+                scope.spawn(move || {
+                    let mut client = connect_retry(config);
+                    let mut problems = Vec::new();
+                    for k in 0..calls {
+                        match ingest_with(&mut client, &payload(c, k), Via::Text, "reject") {
+                            Ok(outcomes) => problems.extend(check(c, k, &outcomes)),
+                            Err(e) => problems.push(format!(
+                                "client {c}, call {k}: {} (SQLSTATE {})",
+                                error_text(&e),
+                                sqlstate(&e)
+                            )),
+                        }
+                    }
+                    problems
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("client thread"))
+            .collect()
+    })
+}
+
 #[test]
 fn profiles_changing_the_same_users_from_many_clients_never_deadlock() {
     const CLIENTS_P: usize = 6;
@@ -950,35 +989,12 @@ fn profiles_changing_the_same_users_from_many_clients_never_deadlock() {
         }
         format!("[{}]", elements.join(","))
     };
-    let errors: Vec<String> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..CLIENTS_P)
-            .map(|c| {
-                let config = &config;
-                let payload = &payload;
-                scope.spawn(move || {
-                    let mut client = connect_retry(config);
-                    let mut errors = Vec::new();
-                    for k in 0..CALLS {
-                        match ingest_with(&mut client, &payload(c, k), Via::Text, "reject") {
-                            Ok(outcomes) if outcomes.iter().all(|o| o.status == "inserted") => {}
-                            Ok(outcomes) => {
-                                errors.push(format!("client {c}, call {k}: {outcomes:?}"))
-                            }
-                            Err(e) => errors.push(format!(
-                                "client {c}, call {k}: {} (SQLSTATE {})",
-                                error_text(&e),
-                                sqlstate(&e)
-                            )),
-                        }
-                    }
-                    errors
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("client thread"))
-            .collect()
+    let errors = ingest_from_clients(&config, CLIENTS_P, CALLS, payload, |c, k, outcomes| {
+        if outcomes.iter().all(|o| o.status == "inserted") {
+            Vec::new()
+        } else {
+            vec![format!("client {c}, call {k}: {outcomes:?}")]
+        }
     });
     assert!(
         errors.is_empty(),
@@ -1076,59 +1092,27 @@ fn reshuffled_resends_racing_each_other_never_deadlock() {
         order
     };
     let inserted = AtomicUsize::new(0);
-    let errors: Vec<String> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..CLIENTS_R)
-            .map(|c| {
-                let (config, pool, picks, inserted) = (&config, &pool, &picks, &inserted);
-                scope.spawn(move || {
-                    let mut client = connect_retry(config);
-                    let mut errors = Vec::new();
-                    for k in 0..CALLS {
-                        let chosen = picks(c, k);
-                        let payload = format!(
-                            "[{}]",
-                            chosen
-                                .iter()
-                                .map(|&i| pool[i].0.as_str())
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        );
-                        match ingest_with(&mut client, &payload, Via::Text, "reject") {
-                            Ok(outcomes) => {
-                                for (o, &i) in outcomes.iter().zip(&chosen) {
-                                    let fine = if pool[i].1 {
-                                        o.status == "inserted" || o.status == "duplicate"
-                                    } else {
-                                        o.status == "rejected"
-                                    };
-                                    if !fine {
-                                        errors.push(format!(
-                                            "client {c}, call {k}, element {i}: {o:?}"
-                                        ));
-                                    }
-                                    if o.status == "inserted" {
-                                        inserted.fetch_add(
-                                            o.metrics_stored as usize,
-                                            Ordering::Relaxed,
-                                        );
-                                    }
-                                }
-                            }
-                            Err(e) => errors.push(format!(
-                                "client {c}, call {k}: {} (SQLSTATE {})",
-                                error_text(&e),
-                                sqlstate(&e)
-                            )),
-                        }
-                    }
-                    errors
-                })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .flat_map(|w| w.join().expect("client thread"))
-            .collect()
+    let payload = |c: usize, k: usize| {
+        let chosen = picks(c, k);
+        let elements: Vec<&str> = chosen.iter().map(|&i| pool[i].0.as_str()).collect();
+        format!("[{}]", elements.join(","))
+    };
+    let errors = ingest_from_clients(&config, CLIENTS_R, CALLS, payload, |c, k, outcomes| {
+        let mut problems = Vec::new();
+        for (o, i) in outcomes.iter().zip(picks(c, k)) {
+            let fine = if pool[i].1 {
+                o.status == "inserted" || o.status == "duplicate"
+            } else {
+                o.status == "rejected"
+            };
+            if !fine {
+                problems.push(format!("client {c}, call {k}, element {i}: {o:?}"));
+            }
+            if o.status == "inserted" {
+                inserted.fetch_add(o.metrics_stored as usize, Ordering::Relaxed);
+            }
+        }
+        problems
     });
     assert!(
         errors.is_empty(),
