@@ -34,7 +34,9 @@ COMMENT ON FUNCTION metrics_ingest.partition_for(timestamptz) IS
 COMMENT ON FUNCTION metrics_ingest.set_partition_interval(interval) IS
     'Sets the width of partitions made from now on (1 hour to 366 days, no months); existing partitions keep theirs';
 COMMENT ON FUNCTION metrics_ingest.check_horizon(interval, text) IS
-    'Used by set_retention and set_rejected_retention: refuses (22023) a retention whose horizon now() - keep is before the earliest time PostgreSQL can hold';
+    'Used by set_retention and set_rejected_retention: refuses (22023) a retention with a negative part, or whose horizon now() - keep is before the earliest time PostgreSQL can hold';
+COMMENT ON FUNCTION metrics_ingest.unused_name(text) IS
+    'Used by partition_for: a name in the extension''s schema no relation has yet (base, else base_2, base_3, ...)';
 COMMENT ON FUNCTION metrics_ingest.set_retention(interval) IS
     'Sets how long metrics are kept (NULL: forever). Older elements are rejected; run_maintenance drops older partitions';
 COMMENT ON FUNCTION metrics_ingest.set_rejected_retention(interval) IS

@@ -25,11 +25,33 @@ AS $$
     ORDER BY 2 NULLS FIRST
 $$;
 
+-- A name in the extension's schema that no relation (table or index) has yet: base itself,
+-- else base_2, base_3, ... A table a DBA detached and kept, or renamed with its indexes,
+-- keeps names a new partition would otherwise take (since 0.3.2).
+CREATE FUNCTION metrics_ingest.unused_name(base text)
+RETURNS text
+LANGUAGE plpgsql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    candidate text := base;
+    n integer := 1;
+BEGIN
+    WHILE to_regclass(format('metrics_ingest.%I', candidate)) IS NOT NULL LOOP
+        n := n + 1;
+        candidate := base || '_' || n;
+    END LOOP;
+    RETURN candidate;
+END
+$$;
+
 -- The partition that holds rows of time ts, made if there is none. Partitions lie on a grid
 -- of the current partition_interval from 2000-01-01 UTC, cut short where an older partition
--- of another width already covers part of the cell. Creators take one transaction-level
--- advisory lock: a second session needing the same partition waits for the first to commit,
--- then finds it. If the calling transaction rolls back, so does its partition.
+-- of another width already covers part of the cell. Creators lock metrics_ingest.settings
+-- (SHARE UPDATE EXCLUSIVE, which neither ingest nor the set_* functions conflict with, and
+-- which a role without privileges on it cannot take): a second session needing the same
+-- partition waits for the first to commit, then finds it. If the calling transaction rolls
+-- back, so does its partition.
 CREATE FUNCTION metrics_ingest.partition_for(ts timestamptz)
 RETURNS regclass
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
@@ -53,8 +75,7 @@ BEGIN
     IF found IS NOT NULL THEN
         RETURN found;
     END IF;
-    -- 'metrics_ingest partitions' in hashtext form is not needed: a fixed key pair is ours.
-    PERFORM pg_advisory_xact_lock(1835365481, 1885434739);
+    LOCK TABLE metrics_ingest.settings IN SHARE UPDATE EXCLUSIVE MODE;
     SELECT p.partition INTO found FROM metrics_ingest.partitions() p
     WHERE p.lower <= ts AND ts < p.upper;
     IF found IS NOT NULL THEN
@@ -71,10 +92,18 @@ BEGIN
         || CASE WHEN cell_lower = date_trunc('day', cell_lower) THEN ''
                 ELSE to_char(cell_lower, '"_"HH24MISS') END;
     -- Under REPEATABLE READ the query above may miss a partition another session committed
-    -- after this transaction's snapshot; the catalog lookup by name does not.
+    -- after this transaction's snapshot; the catalog lookup by name does not. A relation of
+    -- that name that is not a partition of metrics holding ts (a table a DBA detached and
+    -- kept, a partition of other bounds) leaves the name to it: the new one takes another.
     found := to_regclass(format('metrics_ingest.%I', name));
     IF found IS NOT NULL THEN
-        RETURN found;
+        IF pg_partition_root(found) = 'metrics_ingest.metrics'::regclass
+           AND NOT EXISTS (SELECT 1 FROM metrics_ingest.partitions() p
+                           WHERE p.partition = found
+                             AND NOT (p.lower <= ts AND ts < p.upper)) THEN
+            RETURN found;
+        END IF;
+        name := metrics_ingest.unused_name(name);
     END IF;
     EXECUTE format('CREATE TABLE metrics_ingest.%I (LIKE metrics_ingest.metrics '
                    'INCLUDING CONSTRAINTS INCLUDING STORAGE INCLUDING COMPRESSION)', name);
@@ -82,20 +111,20 @@ BEGIN
     -- "timestamp" lead every key: one user's metrics over a time range is the commonest
     -- query, and the table can be distributed by user without dropping a constraint.
     EXECUTE format('ALTER TABLE metrics_ingest.%I ADD CONSTRAINT %I PRIMARY KEY (user_id, "timestamp", id)',
-                   name, name || '_pkey');
+                   name, metrics_ingest.unused_name(name || '_pkey'));
     -- Idempotency: the same event (user, event_id, metric type, timestamp) is stored at
     -- most once. Partial, so rows without an event_id cost nothing here.
     EXECUTE format('CREATE UNIQUE INDEX %I ON metrics_ingest.%I (user_id, event_id, metric_type, "timestamp") '
-                   'WHERE event_id IS NOT NULL', name || '_event_key', name);
+                   'WHERE event_id IS NOT NULL', metrics_ingest.unused_name(name || '_event_key'), name);
     -- One session's metrics, in time order.
     EXECUTE format('CREATE INDEX %I ON metrics_ingest.%I (session_id, "timestamp") WHERE session_id IS NOT NULL',
-                   name || '_session_idx', name);
+                   metrics_ingest.unused_name(name || '_session_idx'), name);
     -- One metric type over time (dashboards, aggregates per type).
     EXECUTE format('CREATE INDEX %I ON metrics_ingest.%I (metric_type, "timestamp")',
-                   name || '_type_time_idx', name);
+                   metrics_ingest.unused_name(name || '_type_time_idx'), name);
     -- Time ranges across all users: rows arrive roughly in time order, so BRIN is tiny.
     EXECUTE format('CREATE INDEX %I ON metrics_ingest.%I USING brin ("timestamp")',
-                   name || '_time_brin', name);
+                   metrics_ingest.unused_name(name || '_time_brin'), name);
     EXECUTE format('ALTER TABLE metrics_ingest.metrics ATTACH PARTITION metrics_ingest.%I '
                    'FOR VALUES FROM (%L) TO (%L)', name, cell_lower, cell_upper);
     RETURN format('metrics_ingest.%I', name)::regclass;
@@ -133,6 +162,14 @@ AS $$
 DECLARE
     horizon timestamptz;
 BEGIN
+    -- '1 mon -29 days' is 1 day compared as a whole, but 1 March minus it is 2 March: a
+    -- horizon in the future, which would drop current partitions (since 0.3.2).
+    IF extract(year FROM keep) < 0 OR extract(month FROM keep) < 0 OR extract(day FROM keep) < 0
+       OR keep - date_trunc('day', keep) < '0' THEN
+        RAISE EXCEPTION 'metrics_ingest: % % has a negative part', setting, keep
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'every part of a retention must be positive, e.g. ''90 days''';
+    END IF;
     horizon := now() - keep;
 EXCEPTION WHEN datetime_field_overflow THEN
     RAISE EXCEPTION 'metrics_ingest: % % reaches before the earliest time PostgreSQL can hold', setting, keep
@@ -196,10 +233,11 @@ DECLARE
     p record;
     n bigint;
     dropped_before timestamptz;
+    held_from timestamptz;
 BEGIN
     -- Not beside a forget_user or rebuild_rollups, which recompute the daily totals
-    -- of days this may archive.
-    PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
+    -- of days this may archive (the rollups' lock, see compact_rollups).
+    LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
     RETURN QUERY SELECT * FROM metrics_ingest.compact_rollups();
     SELECT * INTO settings FROM metrics_ingest.settings;
     IF settings.retention IS NOT NULL THEN
@@ -214,15 +252,21 @@ BEGIN
             dropped_before := greatest(dropped_before, p.upper);
             RETURN NEXT;
         END LOOP;
-        -- The daily totals of those days stay, as an archive of what metrics no longer holds.
+        -- The daily totals of those days stay, as an archive of what metrics no longer holds:
+        -- a day once none of it is held (partitions narrower than a day, or not cut at
+        -- midnight, leave a day partly held until the rest of it is dropped; until then
+        -- forget_user and rebuild_rollups recompute it from the rows held).
         IF dropped_before IS NOT NULL THEN
+            held_from := least(horizon,
+                               (SELECT min(coalesce(x.lower, '-infinity')) FROM metrics_ingest.partitions() x));
             UPDATE metrics_ingest.daily_parts d SET archived = true
             WHERE NOT d.archived
-              AND d.day <= ((dropped_before - interval '1 microsecond') AT TIME ZONE 'UTC')::date;
+              AND ((d.day + 1)::timestamp AT TIME ZONE 'UTC') <= held_from;
             GET DIAGNOSTICS n = ROW_COUNT;
             action := 'archived daily totals';
             object := 'metrics_ingest.daily_parts';
-            detail := format('%s rows of days before %s, whose raw rows are dropped', n, dropped_before);
+            detail := format('%s rows of days before %s, whose raw rows are dropped', n,
+                             date_trunc('day', held_from));
             RETURN NEXT;
         END IF;
     END IF;
@@ -245,6 +289,7 @@ CREATE TRIGGER settings_changed
 ALTER TABLE metrics_ingest.settings ENABLE ALWAYS TRIGGER settings_changed;
 
 REVOKE ALL ON FUNCTION metrics_ingest.partitions() FROM PUBLIC;
+REVOKE ALL ON FUNCTION metrics_ingest.unused_name(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.partition_for(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.set_partition_interval(interval) FROM PUBLIC;
 REVOKE ALL ON FUNCTION metrics_ingest.check_horizon(interval, text) FROM PUBLIC;

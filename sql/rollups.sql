@@ -107,8 +107,11 @@ DECLARE
     n bigint;
     m bigint;
 BEGIN
-    -- one compaction, rebuild or forget_user at a time (they would count a row twice)
-    PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
+    -- One compaction, rebuild or forget_user at a time (they would count a row twice): the
+    -- rollups' lock is SHARE UPDATE EXCLUSIVE on metric_types, which neither ingest (it only
+    -- reads metric_types) nor registering a type conflicts with, and which a role without
+    -- privileges on it cannot take (0.3.0 used an advisory lock any role could hold).
+    LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
     WITH fresh AS (
         SELECT DISTINCT f.user_id, f.session_id FROM metrics_ingest.session_parts f
         WHERE NOT f.compacted),
@@ -164,7 +167,7 @@ AS $$
 DECLARE
     n bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
+    LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
     WITH gone AS (DELETE FROM metrics_ingest.session_parts RETURNING 1),
     latest AS (
         SELECT m.user_id, m.session_id, max(m."timestamp") AS end_time
@@ -228,7 +231,7 @@ DECLARE
     n_sessions bigint;
     n_rejected bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext('metrics_ingest.rollups'));
+    LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
     -- One statement, one snapshot: the rows, sessions and dead letters it removes are those
     -- of the same committed calls (a call of this user committing meanwhile keeps both its
     -- rows and its sessions, as if it came afterwards).

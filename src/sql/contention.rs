@@ -30,7 +30,7 @@ use std::cell::Cell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
 
-use pgrx::pg_sys;
+use pgrx::{pg_sys, PgMemoryContexts};
 
 use super::errors::raise_internal;
 use super::pg_compat;
@@ -40,10 +40,6 @@ use super::pg_compat;
 /// (PGPROC_MAX_CACHED_SUBXIDS), past which every session's visibility checks
 /// slow down.
 pub const MAX_SUBTRANSACTIONS: u32 = 32;
-
-/// The advisory lock `metrics_ingest.partition_for` takes to make partitions
-/// one at a time: pg_advisory_xact_lock(1835365481, 1885434739).
-const PARTITION_LOCK: (u32, u32) = (1_835_365_481, 1_885_434_739);
 
 thread_local! {
     /// (start of the transaction they were counted in, subtransactions used).
@@ -124,13 +120,11 @@ pub fn try_partition_lock(contention: &Contention) -> bool {
     let Some(blocked) = contention else {
         return true;
     };
-    // SAFETY: an advisory lock tag of this database; the lock, if granted, is
-    // held until the transaction (or this attempt's subtransaction) ends, and
-    // partition_for's pg_advisory_xact_lock takes it again at no cost.
+    // SAFETY: a relation lock taken by OID; if granted it is held until the
+    // transaction (or this attempt's subtransaction) ends, and partition_for's
+    // LOCK TABLE takes it again at no cost.
     let taken = unsafe {
-        let tag = partition_lock_tag();
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as pg_sys::LOCKMODE, false, true)
-            != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
+        pg_sys::ConditionalLockRelationOid(partition_lock_relation(), PARTITION_LOCK_MODE)
     };
     if !taken {
         blocked.set(Some(Blocker::PartitionLock));
@@ -138,17 +132,15 @@ pub fn try_partition_lock(contention: &Contention) -> bool {
     taken
 }
 
-fn partition_lock_tag() -> pg_sys::LOCKTAG {
-    // SAFETY: reads this backend's database id, set before any SQL runs.
-    let database = unsafe { pg_sys::MyDatabaseId };
-    // SET_LOCKTAG_INT32, as pg_advisory_xact_lock(int4, int4) builds it.
-    pg_sys::LOCKTAG {
-        locktag_field1: database.into(),
-        locktag_field2: PARTITION_LOCK.0,
-        locktag_field3: PARTITION_LOCK.1,
-        locktag_field4: 2,
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+/// The lock `metrics_ingest.partition_for` takes to make partitions one at a
+/// time: SHARE UPDATE EXCLUSIVE on metrics_ingest.settings (since 0.3.2).
+const PARTITION_LOCK_MODE: pg_sys::LOCKMODE = pg_sys::ShareUpdateExclusiveLock as pg_sys::LOCKMODE;
+
+fn partition_lock_relation() -> pg_sys::Oid {
+    // SAFETY: syscache lookups by static NUL-terminated names.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), false);
+        pg_sys::get_relname_relid(c"settings".as_ptr(), namespace)
     }
 }
 
@@ -223,13 +215,7 @@ pub fn restarting<T>(mut attempt: impl FnMut(&Contention) -> Result<T, Blocker>)
                 ),
                 Blocker::PartitionLock => {
                     // Kept until the transaction ends, as partition_for would keep it.
-                    let tag = partition_lock_tag();
-                    pg_sys::LockAcquire(
-                        &tag,
-                        pg_sys::ExclusiveLock as pg_sys::LOCKMODE,
-                        false,
-                        false,
-                    );
+                    pg_sys::LockRelationOid(partition_lock_relation(), PARTITION_LOCK_MODE);
                 }
             }
             pg_sys::check_for_interrupts!();
@@ -260,6 +246,8 @@ pub enum Probe {
 /// built for speculative insertion) under a dirty snapshot, as
 /// ExecCheckIndexConstraints does, but reports an in-progress row instead of
 /// waiting for it. `found` is a slot of the relation, cleared afterwards.
+/// What the look-up allocates is in the executor state's per-tuple memory,
+/// which the caller resets.
 ///
 /// # Safety
 /// `rri`'s indexes are open with speculative info (ExecOpenIndices(.., true));
@@ -272,61 +260,70 @@ pub unsafe fn probe(
     slot: *mut pg_sys::TupleTableSlot,
     found: *mut pg_sys::TupleTableSlot,
 ) -> Probe {
-    // SAFETY: see the function's contract; the scan keys and values live on
-    // this stack frame for the whole scan, which ends before it returns.
+    // SAFETY: see the function's contract (FormIndexDatum evaluates index
+    // expressions in this context, with the slot as its scan tuple).
     unsafe {
-        let relation = *(*rri).ri_IndexRelationDescs.add(index);
-        let info = *(*rri).ri_IndexRelationInfo.add(index);
-        let nkeys = (*info).ii_NumIndexKeyAttrs as usize;
-        let mut values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
-        let mut isnull = [false; pg_sys::INDEX_MAX_KEYS as usize];
         let econtext = pg_sys::MakePerTupleExprContext(estate);
         (*econtext).ecxt_scantuple = slot;
-        pg_sys::FormIndexDatum(info, slot, estate, values.as_mut_ptr(), isnull.as_mut_ptr());
-        if isnull[..nkeys].iter().any(|&n| n) && !(*info).ii_NullsNotDistinct {
-            // NULLs never conflict in a unique index.
-            return Probe::Free;
-        }
-        let mut keys: [pg_sys::ScanKeyData; pg_sys::INDEX_MAX_KEYS as usize] = std::mem::zeroed();
-        for k in 0..nkeys {
-            let flags = if isnull[k] {
-                (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32
-            } else {
-                0
-            };
-            pg_sys::ScanKeyEntryInitialize(
-                &mut keys[k],
-                flags,
-                (k + 1) as pg_sys::AttrNumber,
-                *(*info).ii_UniqueStrats.add(k),
-                pg_sys::InvalidOid,
-                *(*relation).rd_indcollation.add(k),
-                *(*info).ii_UniqueProcs.add(k),
-                values[k],
+        // The scan keys and values live on this stack frame for the whole scan,
+        // which ends before the closure returns.
+        PgMemoryContexts::For((*econtext).ecxt_per_tuple_memory).switch_to(|_| {
+            let relation = *(*rri).ri_IndexRelationDescs.add(index);
+            let info = *(*rri).ri_IndexRelationInfo.add(index);
+            let nkeys = (*info).ii_NumIndexKeyAttrs as usize;
+            let mut values = [pg_sys::Datum::from(0); pg_sys::INDEX_MAX_KEYS as usize];
+            let mut isnull = [false; pg_sys::INDEX_MAX_KEYS as usize];
+            pg_sys::FormIndexDatum(info, slot, estate, values.as_mut_ptr(), isnull.as_mut_ptr());
+            if isnull[..nkeys].iter().any(|&n| n) && !(*info).ii_NullsNotDistinct {
+                // NULLs never conflict in a unique index.
+                return Probe::Free;
+            }
+            let mut keys: [pg_sys::ScanKeyData; pg_sys::INDEX_MAX_KEYS as usize] =
+                std::mem::zeroed();
+            for k in 0..nkeys {
+                let flags = if isnull[k] {
+                    (pg_sys::SK_ISNULL | pg_sys::SK_SEARCHNULL) as i32
+                } else {
+                    0
+                };
+                pg_sys::ScanKeyEntryInitialize(
+                    &mut keys[k],
+                    flags,
+                    (k + 1) as pg_sys::AttrNumber,
+                    *(*info).ii_UniqueStrats.add(k),
+                    pg_sys::InvalidOid,
+                    *(*relation).rd_indcollation.add(k),
+                    *(*info).ii_UniqueProcs.add(k),
+                    values[k],
+                );
+            }
+            // InitDirtySnapshot: the visibility check fills in xmin / xmax when the
+            // version it returns is being inserted / deleted by a transaction in progress.
+            let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
+            dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
+            let scan = pg_compat::index_beginscan(
+                (*rri).ri_RelationDesc,
+                relation,
+                &mut dirty,
+                nkeys as i32,
             );
-        }
-        // InitDirtySnapshot: the visibility check fills in xmin / xmax when the
-        // version it returns is being inserted / deleted by a transaction in progress.
-        let mut dirty: pg_sys::SnapshotData = std::mem::zeroed();
-        dirty.snapshot_type = pg_sys::SnapshotType::SNAPSHOT_DIRTY;
-        let scan =
-            pg_compat::index_beginscan((*rri).ri_RelationDesc, relation, &mut dirty, nkeys as i32);
-        pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys as i32, null_mut(), 0);
-        let result = if !pg_sys::index_getnext_slot(
-            scan,
-            pg_sys::ScanDirection::ForwardScanDirection,
-            found,
-        ) {
-            Probe::Free
-        } else if dirty.xmin != pg_sys::InvalidTransactionId {
-            Probe::InProgress(dirty.xmin)
-        } else if dirty.xmax != pg_sys::InvalidTransactionId {
-            Probe::InProgress(dirty.xmax)
-        } else {
-            Probe::Stored((*found).tts_tid)
-        };
-        pg_sys::index_endscan(scan);
-        pg_sys::ExecClearTuple(found);
-        result
+            pg_sys::index_rescan(scan, keys.as_mut_ptr(), nkeys as i32, null_mut(), 0);
+            let result = if !pg_sys::index_getnext_slot(
+                scan,
+                pg_sys::ScanDirection::ForwardScanDirection,
+                found,
+            ) {
+                Probe::Free
+            } else if dirty.xmin != pg_sys::InvalidTransactionId {
+                Probe::InProgress(dirty.xmin)
+            } else if dirty.xmax != pg_sys::InvalidTransactionId {
+                Probe::InProgress(dirty.xmax)
+            } else {
+                Probe::Stored((*found).tts_tid)
+            };
+            pg_sys::index_endscan(scan);
+            pg_sys::ExecClearTuple(found);
+            result
+        })
     }
 }

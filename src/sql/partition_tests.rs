@@ -713,4 +713,147 @@ mod tests {
             "23514"
         );
     }
+
+    /// A relation named like the partition ingest would make (a table a DBA
+    /// detached and kept, one renamed with its indexes, a partition of other
+    /// bounds) takes nothing from it: 0.3.1 failed the call with XX000 or 42P07.
+    #[pg_test]
+    fn a_table_named_like_a_new_partition_leaves_the_name_to_it() {
+        assert_eq!(
+            verdicts(&event("d", "2024-08-12T01:00:00Z", "d1")),
+            "inserted:1"
+        );
+        run("ALTER TABLE metrics_ingest.metrics DETACH PARTITION metrics_ingest.metrics_p20240812");
+        assert_eq!(
+            verdicts(&event("d", "2024-08-12T05:00:00Z", "d2")),
+            "inserted:1"
+        );
+        run(
+            "CALL metrics_ingest.insert_metric('2024-08-12 06:00+00', 'd', NULL, 'talked_time', 7)",
+        );
+        assert_eq!(
+            partitions(),
+            "metrics_ingest.metrics_p20240812_2 [2024-08-12 00:00, 2024-08-13 00:00)"
+        );
+        assert_eq!(count("SELECT count(*) FROM metrics_ingest.metrics"), 2);
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics_p20240812"),
+            1,
+            "the detached table keeps its row"
+        );
+
+        // Detached and renamed: its name is free, its indexes' names are not.
+        assert_eq!(
+            verdicts(&event("d", "2042-03-03T12:00:00Z", "d3")),
+            "inserted:1"
+        );
+        run("ALTER TABLE metrics_ingest.metrics DETACH PARTITION metrics_ingest.metrics_p20420303");
+        run("ALTER TABLE metrics_ingest.metrics_p20420303 RENAME TO archived_0303");
+        assert_eq!(
+            verdicts(&event("d", "2042-03-03T13:00:00Z", "d4")),
+            "inserted:1"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.partitions() WHERE partition = 'metrics_ingest.metrics_p20420303'::regclass"),
+            1
+        );
+
+        // A partition whose bounds start a fraction of a second past the hour keeps its name.
+        run("SELECT metrics_ingest.set_partition_interval('1 hour 0.5 seconds')");
+        assert_eq!(
+            verdicts(&event("f", "2000-01-01T01:30:00Z", "f1")),
+            "inserted:1"
+        );
+        run("SELECT metrics_ingest.set_partition_interval('1 hour')");
+        assert_eq!(
+            verdicts(&event("f", "2000-01-01T01:00:00.2Z", "f2")),
+            "inserted:1"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'f'"),
+            2
+        );
+    }
+
+    /// With partitions narrower than a day, run_maintenance drops part of a day:
+    /// that day is archived only once none of it is held, so forget_user still
+    /// recomputes it from the rows held and the erased user's values leave it
+    /// (0.3.1 archived it at once and forget_user left them).
+    #[pg_test]
+    fn a_day_is_archived_only_once_none_of_it_is_held() {
+        run("SELECT metrics_ingest.set_partition_interval('1 hour')");
+        let day =
+            text("SELECT to_char(now() AT TIME ZONE 'UTC' - interval '10 days', 'YYYY-MM-DD')");
+        let at = |hour: u32| format!("{day}T{hour:02}:00:00Z");
+        let element = |user: &str, hour: u32, value: u32| {
+            format!(
+                r#"{{"user_id":"{user}","timestamp":"{}","talked_time":{value},"event_id":"{user}-{hour}"}}"#,
+                at(hour)
+            )
+        };
+        assert_eq!(
+            verdicts(&format!(
+                "[{}, {}, {}]",
+                element("keep", 1, 1),
+                element("gdpr", 20, 100),
+                element("keep", 21, 2)
+            )),
+            "inserted:1,inserted:1,inserted:1"
+        );
+        // The horizon at 10:00 of that day: only the 01:00 partition goes.
+        run(&format!(
+            "SELECT metrics_ingest.set_retention(now() - timestamptz '{day} 10:00:00+00')"
+        ));
+        let dropped = count(
+            "SELECT count(*) FROM metrics_ingest.run_maintenance() WHERE action = 'dropped partition'",
+        );
+        assert_eq!(dropped, 1);
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.daily_parts WHERE archived"),
+            0,
+            "the day is partly held"
+        );
+        run("SELECT * FROM metrics_ingest.forget_user('gdpr')");
+        assert_eq!(
+            text(&format!(
+                "SELECT concat_ws(' ', samples, total, min, max) FROM metrics_ingest.daily_totals WHERE day = '{day}'"
+            )),
+            "1 2 2 2",
+            "recomputed from the rows held: the erased user's value is gone"
+        );
+        // Once all of it is dropped, the day is archived.
+        run(&format!(
+            "SELECT metrics_ingest.set_retention(now() - ((date '{day}' + 1) + time '01:00') AT TIME ZONE 'UTC')"
+        ));
+        run("SELECT * FROM metrics_ingest.run_maintenance()");
+        assert_eq!(
+            text(&format!(
+                "SELECT concat_ws(' ', d.samples, d.total, a.archived) FROM metrics_ingest.daily_totals d \
+                 JOIN (SELECT day, bool_and(archived) AS archived FROM metrics_ingest.daily_parts GROUP BY day) a USING (day) \
+                 WHERE d.day = '{day}'"
+            )),
+            "1 2 t"
+        );
+    }
+
+    /// '1 mon -29 days' compares as one day, but on 1 March now() minus it is
+    /// 2 March: a horizon in the future would drop current partitions.
+    #[pg_test]
+    fn a_retention_with_a_negative_part_is_refused() {
+        for (setter, keep) in [
+            ("set_retention", "1 mon -29 days"),
+            ("set_retention", "1 day -1 hour"),
+            ("set_rejected_retention", "2 mons -1 day"),
+        ] {
+            assert_eq!(
+                sqlstate_of(&format!("SELECT metrics_ingest.{setter}('{keep}')")),
+                "22023",
+                "{setter}('{keep}')"
+            );
+        }
+        assert_eq!(
+            text("SELECT metrics_ingest.set_retention('1 mon 2 days 03:00')::text"),
+            "1 mon 2 days 03:00:00"
+        );
+    }
 }

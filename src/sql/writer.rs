@@ -17,7 +17,7 @@ use super::contention::{self, Blocker, Contention};
 use super::datum::timestamptz_datum;
 use super::dead_letters;
 use super::direct::DirectLeaf;
-use super::errors::raise_internal;
+use super::errors::{raise, raise_internal};
 use super::insert_path::{kept_plan, InsertPath};
 use super::rollups;
 use super::settings::retention_horizon;
@@ -27,7 +27,7 @@ use super::table::{self, Route, TableShape};
 use crate::core::element::ValidElement;
 use crate::core::error::{Rejection, RejectionKind};
 use crate::core::rollup::Rollup;
-use crate::core::timestamp::PG_EPOCH_OFFSET_US;
+use crate::core::timestamp::{describe_unix_us, PG_EPOCH_OFFSET_US};
 
 /// Partitions with a buffer of their own at once, as COPY's MAX_PARTITION_BUFFERS.
 const MAX_OPEN_LEAVES: usize = 32;
@@ -231,8 +231,17 @@ impl Writer {
         }
         self.back_from_spi();
         self.reload_routes();
+        // partition_for returns a partition of metrics holding the time; one that
+        // does not (a DBA reattached it with other bounds meanwhile) is refused
+        // with the reason rather than as an internal error.
         Some(table::route(&self.routes, pg_us).unwrap_or_else(|| {
-            raise_internal("making a partition", "no partition after partition_for")
+            raise(
+                pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "metrics_ingest: no partition of metrics_ingest.metrics holds {} after metrics_ingest.partition_for made or found one",
+                    describe_unix_us(pg_us + PG_EPOCH_OFFSET_US)
+                ),
+            )
         }))
     }
 

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use metrics_ingest_tests::server::{error_text, Client, TestDb};
+use metrics_ingest_tests::server::{error_text, expect_sqlstate, Client, TestDb, TestRole};
 
 use crate::support::{count, ingest, texts};
 
@@ -103,6 +103,55 @@ fn ingest_into_existing_partitions_is_not_blocked_by_one_being_made() {
     );
     maker.batch_execute("COMMIT").expect("commit");
     assert_eq!(partitions(&mut existing).len(), 2);
+}
+
+/// 0.3.1 made partitions one at a time under an advisory lock, and kept
+/// compaction, rebuild and forget_user apart under another: any role that can
+/// connect could hold them and stop both. Since 0.3.2 they are locks on the
+/// extension's tables, which such a role cannot take.
+#[test]
+fn a_role_without_privileges_cannot_stop_partition_making_or_upkeep() {
+    let db = TestDb::new("partition_lock_dos");
+    let nobody = TestRole::new(&db, "lock_dos", "");
+    let mut intruder = db.connect_as(nobody.name());
+    intruder
+        .batch_execute(
+            "SELECT pg_advisory_lock(1835365481, 1885434739); \
+             SELECT pg_advisory_lock(hashtext('metrics_ingest.rollups'))",
+        )
+        .expect("advisory locks are anyone's");
+    for table in ["settings", "metric_types"] {
+        let refused = intruder.batch_execute(&format!(
+            "BEGIN; LOCK TABLE metrics_ingest.{table} IN SHARE UPDATE EXCLUSIVE MODE"
+        ));
+        expect_sqlstate(
+            refused,
+            "42501",
+            &format!("LOCK TABLE {table} by a role without privileges"),
+        );
+        intruder.batch_execute("ROLLBACK").expect("rollback");
+    }
+    let mut owner = db.connect();
+    owner
+        .batch_execute("SET statement_timeout = '10s'")
+        .expect("statement_timeout");
+    let made = ingest(&mut owner, &event("n", "2031-04-01T10:00:00Z", "new-day"));
+    assert_eq!(made[0].status, "inserted");
+    owner
+        .batch_execute(
+            "CALL metrics_ingest.insert_metric('2031-04-02 10:00:00+00', 'n', NULL, 'talked_time', 2)",
+        )
+        .unwrap_or_else(|e| panic!("insert_metric making a partition: {}", error_text(&e)));
+    for upkeep in [
+        "SELECT * FROM metrics_ingest.run_maintenance()",
+        "SELECT * FROM metrics_ingest.forget_user('n')",
+        "SELECT * FROM metrics_ingest.rebuild_rollups()",
+    ] {
+        owner.batch_execute(upkeep).unwrap_or_else(|e| {
+            panic!("{upkeep} beside the old advisory locks: {}", error_text(&e))
+        });
+    }
+    assert_eq!(partitions(&mut owner).len(), 2);
 }
 
 #[test]
