@@ -28,6 +28,12 @@ pub const MAX_NAME_CHARS: usize = 256;
 pub const MAX_EMAIL_CHARS: usize = 254;
 /// Unknown fields are kept in `attributes`, up to this many bytes of JSON.
 pub const MAX_ATTRIBUTES_BYTES: usize = 65_536;
+/// The largest magnitude of a metric's value. Daily totals add a day's values,
+/// and a sum past ±1.8e308 is no number PostgreSQL can hold: with 1e308 twice,
+/// the daily totals, and every compaction of them by run_maintenance, failed
+/// with 22003 (0.3.1). Below this bound a day needs 10^8 values at the bound
+/// to get there.
+pub const MAX_VALUE_MAGNITUDE: f64 = 1e300;
 
 /// Keys with a meaning of their own; everything else that is not a metric type
 /// goes to `attributes`.
@@ -1134,6 +1140,16 @@ fn measurement_from_json(
             _ => (number_from_json(field, value)?, None),
         },
     };
+    if number.abs() > MAX_VALUE_MAGNITUDE {
+        return Err(Rejection::new(
+            Kind::OutOfRange,
+            field,
+            format!(
+                "{} is beyond ±1e300, the largest magnitude metrics_ingest stores (daily totals must stay finite)",
+                shown(number)
+            ),
+        ));
+    }
     if rule.min.is_some_and(|min| number < min) || rule.max.is_some_and(|max| number > max) {
         let bound = |b: Option<f64>, open: &str| b.map_or(open.to_string(), shown);
         return Err(Rejection::new(

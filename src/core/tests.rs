@@ -173,6 +173,9 @@ fn rejections_name_the_field_and_the_problem() {
         (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":-1e300}}"#), "metric_value", "metric_value: -1e300 is outside the bounds of talked_time [0, inf]", OutOfRange),
         (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":-4.9e-324}}"#), "metric_value", "metric_value: -5e-324 is outside the bounds of talked_time [0, inf]", OutOfRange),
         (format!(r#"{{{OK},"talked_time":1,"sentiment_score":-1e300}}"#), "sentiment_score", "sentiment_score: -1e300 is outside [-1, 1]", OutOfRange),
+        // Daily totals must stay finite: 1e308 twice was a sum PostgreSQL cannot hold.
+        (format!(r#"{{{OK},"talked_time":1e308}}"#), "talked_time", "talked_time: 1e308 is beyond ±1e300, the largest magnitude metrics_ingest stores (daily totals must stay finite)", OutOfRange),
+        (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":"2e300"}}"#), "metric_value", "metric_value: 2e300 is beyond ±1e300, the largest magnitude metrics_ingest stores (daily totals must stay finite)", OutOfRange),
         (format!(r#"{{{OK},"metric_type":"talked_time","metric_value":1,"speaker_used":true}}"#), "speaker_used", "speaker_used: an element with metric_type (long form) cannot also carry metric fields (wide form)", InvalidValue),
         (format!(r#"{{{OK},"name":"x"}}"#), "metric_type", "metric_type: is required: the element has neither metric_type nor any metric field (microphone_used, speaker_used, talked_time, voice_sentiment)", Missing),
         (r#"{"user_id":"u","timestamp":1622558400000,"talked_time":1}"#.into(), "timestamp", "timestamp: 1622558400000 epoch seconds is outside the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z (epoch milliseconds must be sent as timestamp_ms)", OutOfRange),

@@ -45,7 +45,11 @@ unsafe fn insert(fcinfo: pg_sys::FunctionCallInfo, metric_value: CallValue<'_>) 
     };
     let attributes = pgrx::pg_getarg_datum(fcinfo, 10).map(|datum| jsonb_text(datum));
     let args = CallArgs {
-        unix_us: timestamp.saturating_add(PG_EPOCH_OFFSET_US),
+        // PostgreSQL's infinities stay the i64 bounds, which error messages name.
+        unix_us: match timestamp {
+            i64::MIN | i64::MAX => timestamp,
+            _ => timestamp.saturating_add(PG_EPOCH_OFFSET_US),
+        },
         user_id: text(1),
         session_id: text(2),
         metric_type: text(3),

@@ -468,6 +468,14 @@ mod tests {
         Spi::run("CALL metrics_ingest.insert_metric('infinity', 'u', NULL, 'talked_time', 1)").ok();
     }
 
+    #[pg_test(
+        error = "timestamp: -infinity is outside the accepted window 2000-01-01T00:00:00Z to 2100-01-01T00:00:00Z"
+    )]
+    fn minus_infinity_is_refused_by_name_too() {
+        Spi::run("CALL metrics_ingest.insert_metric('-infinity', 'u', NULL, 'talked_time', 1)")
+            .ok();
+    }
+
     // ---- issue 12 (spark): idempotent dead letters, Citus detection ----
 
     #[pg_test]
