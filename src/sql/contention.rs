@@ -151,6 +151,7 @@ fn partition_lock_relation() -> pg_sys::Oid {
 /// Without one (the transaction's budget is spent), the single attempt waits
 /// as INSERT does and cannot give way.
 pub fn restarting<T>(mut attempt: impl FnMut(&Contention) -> Result<T, Blocker>) -> T {
+    let mut deadlocks = 0;
     loop {
         let before = subtransactions_used();
         if !take_subtransaction() {
@@ -191,13 +192,16 @@ pub fn restarting<T>(mut attempt: impl FnMut(&Contention) -> Result<T, Blocker>)
                 Err(error) => {
                     pg_sys::RollbackAndReleaseCurrentSubTransaction();
                     restore();
-                    if !is_deadlock(&*error) {
-                        resume_unwind(error);
-                    }
                     // A wait this protocol could not see coming (a key taken in
                     // the instant between looking it up and inserting it) closed a
                     // cycle, and PostgreSQL chose this attempt to break it: the
                     // rollback released what it held, so the next attempt can go on.
+                    // A cycle through rows this transaction wrote before the call
+                    // would close again: after MAX_DEADLOCK_RETRIES the error stands.
+                    if !is_deadlock(&*error) || deadlocks == MAX_DEADLOCK_RETRIES {
+                        resume_unwind(error);
+                    }
+                    deadlocks += 1;
                     give_back_subtransactions(before);
                     continue;
                 }
@@ -222,6 +226,9 @@ pub fn restarting<T>(mut attempt: impl FnMut(&Contention) -> Result<T, Blocker>)
         }
     }
 }
+
+/// Attempts made again after PostgreSQL broke a deadlock by failing one.
+const MAX_DEADLOCK_RETRIES: u32 = 3;
 
 /// Whether a caught error is PostgreSQL's deadlock error (40P01).
 fn is_deadlock(error: &(dyn std::any::Any + Send)) -> bool {
