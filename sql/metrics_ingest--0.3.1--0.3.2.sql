@@ -11,9 +11,9 @@
 -- - set_retention and set_rejected_retention refuse an interval with a negative part
 --   ('1 mon -29 days' is a horizon in the future on 1 March).
 -- - The locks that make partitions one at a time, and that keep compaction, rebuild and
---   forget_user apart, are SHARE UPDATE EXCLUSIVE locks on metrics_ingest.settings and
---   metrics_ingest.metric_types: 0.3.1's advisory locks could be held by any role that can
---   connect, stopping partition making and upkeep.
+--   forget_user apart, are SHARE UPDATE EXCLUSIVE locks on metrics_ingest.metrics (the lock
+--   ATTACH PARTITION takes anyway) and metrics_ingest.metric_types: 0.3.1's advisory locks
+--   could be held by any role that can connect, stopping partition making and upkeep.
 
 CREATE FUNCTION metrics_ingest.unused_name(base text)
 RETURNS text
@@ -60,7 +60,7 @@ BEGIN
     IF found IS NOT NULL THEN
         RETURN found;
     END IF;
-    LOCK TABLE metrics_ingest.settings IN SHARE UPDATE EXCLUSIVE MODE;
+    LOCK TABLE metrics_ingest.metrics IN SHARE UPDATE EXCLUSIVE MODE;
     SELECT p.partition INTO found FROM metrics_ingest.partitions() p
     WHERE p.lower <= ts AND ts < p.upper;
     IF found IS NOT NULL THEN
@@ -214,7 +214,7 @@ BEGIN
     -- One compaction, rebuild or forget_user at a time (they would count a row twice): the
     -- rollups' lock is SHARE UPDATE EXCLUSIVE on metric_types, which neither ingest (it only
     -- reads metric_types) nor registering a type conflicts with, and which a role without
-    -- privileges on it cannot take (0.3.0 used an advisory lock any role could hold).
+    -- privileges on it cannot take (0.3.0 and 0.3.1 used an advisory lock any role could hold).
     LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
     WITH fresh AS (
         SELECT DISTINCT f.user_id, f.session_id FROM metrics_ingest.session_parts f

@@ -47,11 +47,11 @@ $$;
 
 -- The partition that holds rows of time ts, made if there is none. Partitions lie on a grid
 -- of the current partition_interval from 2000-01-01 UTC, cut short where an older partition
--- of another width already covers part of the cell. Creators lock metrics_ingest.settings
--- (SHARE UPDATE EXCLUSIVE, which neither ingest nor the set_* functions conflict with, and
--- which a role without privileges on it cannot take): a second session needing the same
--- partition waits for the first to commit, then finds it. If the calling transaction rolls
--- back, so does its partition.
+-- of another width already covers part of the cell. Creators take SHARE UPDATE EXCLUSIVE on
+-- metrics first (the lock ATTACH PARTITION takes anyway; ingest's ROW EXCLUSIVE does not
+-- conflict with it, and a role without privileges on metrics cannot take it): a second
+-- session needing the same partition waits for the first to commit, then finds it. If the
+-- calling transaction rolls back, so does its partition.
 CREATE FUNCTION metrics_ingest.partition_for(ts timestamptz)
 RETURNS regclass
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
@@ -75,7 +75,7 @@ BEGIN
     IF found IS NOT NULL THEN
         RETURN found;
     END IF;
-    LOCK TABLE metrics_ingest.settings IN SHARE UPDATE EXCLUSIVE MODE;
+    LOCK TABLE metrics_ingest.metrics IN SHARE UPDATE EXCLUSIVE MODE;
     SELECT p.partition INTO found FROM metrics_ingest.partitions() p
     WHERE p.lower <= ts AND ts < p.upper;
     IF found IS NOT NULL THEN

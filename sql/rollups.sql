@@ -110,7 +110,7 @@ BEGIN
     -- One compaction, rebuild or forget_user at a time (they would count a row twice): the
     -- rollups' lock is SHARE UPDATE EXCLUSIVE on metric_types, which neither ingest (it only
     -- reads metric_types) nor registering a type conflicts with, and which a role without
-    -- privileges on it cannot take (0.3.0 used an advisory lock any role could hold).
+    -- privileges on it cannot take (0.3.0 and 0.3.1 used an advisory lock any role could hold).
     LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
     WITH fresh AS (
         SELECT DISTINCT f.user_id, f.session_id FROM metrics_ingest.session_parts f

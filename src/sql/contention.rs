@@ -133,14 +133,15 @@ pub fn try_partition_lock(contention: &Contention) -> bool {
 }
 
 /// The lock `metrics_ingest.partition_for` takes to make partitions one at a
-/// time: SHARE UPDATE EXCLUSIVE on metrics_ingest.settings (since 0.3.2).
+/// time: SHARE UPDATE EXCLUSIVE on metrics_ingest.metrics, the lock ATTACH
+/// PARTITION takes anyway (since 0.3.2).
 const PARTITION_LOCK_MODE: pg_sys::LOCKMODE = pg_sys::ShareUpdateExclusiveLock as pg_sys::LOCKMODE;
 
 fn partition_lock_relation() -> pg_sys::Oid {
     // SAFETY: syscache lookups by static NUL-terminated names.
     unsafe {
         let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), false);
-        pg_sys::get_relname_relid(c"settings".as_ptr(), namespace)
+        pg_sys::get_relname_relid(c"metrics".as_ptr(), namespace)
     }
 }
 

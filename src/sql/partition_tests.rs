@@ -19,6 +19,14 @@ mod tests {
         ))
     }
 
+    /// pg_tests run at once, each in a transaction rolled back at its end. The
+    /// ones that write the settings row take turns, from their start: one that
+    /// made a partition and then waited for another's settings row, while that
+    /// one waited to make a partition, would deadlock.
+    fn settings_in_turn() {
+        run("LOCK TABLE metrics_ingest.settings IN SHARE ROW EXCLUSIVE MODE");
+    }
+
     fn partitions() -> String {
         text(
             "SELECT coalesce(string_agg(format('%s [%s, %s)', partition, lower, upper), '; ' ORDER BY lower), '') \
@@ -104,6 +112,7 @@ mod tests {
 
     #[pg_test]
     fn the_partition_interval_shapes_new_partitions_only() {
+        settings_in_turn();
         verdicts(&event("a", "2024-03-05T10:00:00Z", "d"));
         assert_eq!(
             text("SELECT metrics_ingest.set_partition_interval('7 days')::text"),
@@ -145,6 +154,7 @@ mod tests {
 
     #[pg_test]
     fn retention_refuses_old_elements_and_maintenance_drops_old_partitions() {
+        settings_in_turn();
         let day = |days_ago: i32| {
             text(&format!(
                 "SELECT to_char((now() - interval '{days_ago} days') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"12:00:00\"Z\"')"
@@ -220,6 +230,7 @@ mod tests {
     /// element accepted by it could be dropped at the next run.
     #[pg_test]
     fn the_retention_horizon_is_utc_whatever_the_session_time_zone() {
+        settings_in_turn();
         for zone in ["America/New_York", "Australia/Lord_Howe", "Europe/London"] {
             run(&format!("SET TimeZone = '{zone}'"));
             for keep in ["7 days", "30 days", "3 mons", "6 mons", "200 days"] {
@@ -247,6 +258,7 @@ mod tests {
 
     #[pg_test]
     fn a_retention_reaching_before_the_earliest_timestamp_is_refused_and_changes_nothing() {
+        settings_in_turn();
         run("SELECT metrics_ingest.set_retention('10 days')");
         // now() - keep would be before 4713 BC: every later ingest and
         // run_maintenance would fail computing the horizon (0.3.0 stored it).
@@ -719,6 +731,10 @@ mod tests {
     /// bounds) takes nothing from it: 0.3.1 failed the call with XX000 or 42P07.
     #[pg_test]
     fn a_table_named_like_a_new_partition_leaves_the_name_to_it() {
+        // DETACH takes ACCESS EXCLUSIVE on metrics: taken first, it waits for the
+        // other tests' ingest instead of deadlocking with one.
+        settings_in_turn();
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
         assert_eq!(
             verdicts(&event("d", "2024-08-12T01:00:00Z", "d1")),
             "inserted:1"
@@ -781,6 +797,7 @@ mod tests {
     /// (0.3.1 archived it at once and forget_user left them).
     #[pg_test]
     fn a_day_is_archived_only_once_none_of_it_is_held() {
+        settings_in_turn();
         run("SELECT metrics_ingest.set_partition_interval('1 hour')");
         let day =
             text("SELECT to_char(now() AT TIME ZONE 'UTC' - interval '10 days', 'YYYY-MM-DD')");
@@ -840,6 +857,7 @@ mod tests {
     /// 2 March: a horizon in the future would drop current partitions.
     #[pg_test]
     fn a_retention_with_a_negative_part_is_refused() {
+        settings_in_turn();
         for (setter, keep) in [
             ("set_retention", "1 mon -29 days"),
             ("set_retention", "1 day -1 hour"),

@@ -120,7 +120,7 @@ fn a_role_without_privileges_cannot_stop_partition_making_or_upkeep() {
              SELECT pg_advisory_lock(hashtext('metrics_ingest.rollups'))",
         )
         .expect("advisory locks are anyone's");
-    for table in ["settings", "metric_types"] {
+    for table in ["metrics", "metric_types"] {
         let refused = intruder.batch_execute(&format!(
             "BEGIN; LOCK TABLE metrics_ingest.{table} IN SHARE UPDATE EXCLUSIVE MODE"
         ));
