@@ -81,13 +81,19 @@ fn give_back_subtransactions(used: u32) {
 pub enum Blocker {
     /// An older transaction inserting a key this attempt also carries.
     Transaction(pg_sys::TransactionId),
-    /// Another transaction making a partition.
-    PartitionLock,
+    /// Another transaction making a partition, holding the lock on this table.
+    PartitionLock(pg_sys::Oid),
 }
 
 /// Where a restartable attempt records what it gave way to; None for a call
 /// that cannot restart (it waits as INSERT does).
 pub type Contention = Option<std::rc::Rc<Cell<Option<Blocker>>>>;
+
+/// What the attempt gave way to, if it did: it writes nothing more, and is
+/// rolled back and made again.
+pub fn gave_way(contention: &Contention) -> Option<Blocker> {
+    contention.as_ref().and_then(|blocked| blocked.get())
+}
 
 /// Whether a call may wait for `xid`, which is inserting (or deleting) a row
 /// with a key the call carries. False only for a restartable call holding rows
@@ -113,21 +119,19 @@ pub fn may_wait(contention: &Contention, xid: pg_sys::TransactionId) -> bool {
     older
 }
 
-/// Takes the partition-making lock for a restartable call if it is free at
-/// once; otherwise records the contention and returns false. A call that
-/// cannot restart takes it in partition_for, waiting as before.
-pub fn try_partition_lock(contention: &Contention) -> bool {
+/// Takes the partition-making lock on `metrics` (`relid`) for a restartable
+/// call if it is free at once; otherwise records the contention and returns
+/// false. A call that cannot restart takes it in partition_for, waiting.
+pub fn try_partition_lock(contention: &Contention, metrics: pg_sys::Oid) -> bool {
     let Some(blocked) = contention else {
         return true;
     };
     // SAFETY: a relation lock taken by OID; if granted it is held until the
     // transaction (or this attempt's subtransaction) ends, and partition_for's
     // LOCK TABLE takes it again at no cost.
-    let taken = unsafe {
-        pg_sys::ConditionalLockRelationOid(partition_lock_relation(), PARTITION_LOCK_MODE)
-    };
+    let taken = unsafe { pg_sys::ConditionalLockRelationOid(metrics, PARTITION_LOCK_MODE) };
     if !taken {
-        blocked.set(Some(Blocker::PartitionLock));
+        blocked.set(Some(Blocker::PartitionLock(metrics)));
     }
     taken
 }
@@ -136,14 +140,6 @@ pub fn try_partition_lock(contention: &Contention) -> bool {
 /// time: SHARE UPDATE EXCLUSIVE on metrics_ingest.metrics, the lock ATTACH
 /// PARTITION takes anyway (since 0.3.2).
 const PARTITION_LOCK_MODE: pg_sys::LOCKMODE = pg_sys::ShareUpdateExclusiveLock as pg_sys::LOCKMODE;
-
-fn partition_lock_relation() -> pg_sys::Oid {
-    // SAFETY: syscache lookups by static NUL-terminated names.
-    unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), false);
-        pg_sys::get_relname_relid(c"metrics".as_ptr(), namespace)
-    }
-}
 
 /// Runs `attempt` until it completes. With a subtransaction to spare, each
 /// attempt runs in one and is told it may give way (`Contention` is Some):
@@ -218,9 +214,9 @@ pub fn restarting<T>(mut attempt: impl FnMut(&Contention) -> Result<T, Blocker>)
                     null_mut(),
                     pg_sys::XLTW_Oper::XLTW_None,
                 ),
-                Blocker::PartitionLock => {
+                Blocker::PartitionLock(metrics) => {
                     // Kept until the transaction ends, as partition_for would keep it.
-                    pg_sys::LockRelationOid(partition_lock_relation(), PARTITION_LOCK_MODE);
+                    pg_sys::LockRelationOid(metrics, PARTITION_LOCK_MODE);
                 }
             }
             pg_sys::check_for_interrupts!();

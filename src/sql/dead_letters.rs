@@ -12,14 +12,14 @@
 
 use std::cell::Cell;
 use std::ffi::c_char;
-use std::ptr::null_mut;
 
 use pgrx::{pg_sys, PgMemoryContexts};
 
-use super::contention::{self, Blocker, Contention, Probe};
+use super::contention::{self, Contention, Probe};
 use super::datum::text_datum;
 use super::errors::raise_internal;
 use super::insert_path::kept_plan;
+use super::table;
 use crate::core::element::rejected_ids;
 use crate::core::error::Rejection;
 
@@ -71,14 +71,17 @@ impl DeadLetters {
         }
     }
 
-    /// What the call must give way to (contention.rs) rather than wait for
-    /// while keeping a dead letter with this event_id: an older transaction
-    /// keeping the same one.
-    fn must_give_way(&mut self, event_id: &str, element: &str) -> Option<Blocker> {
-        self.contention.as_ref()?;
+    /// Whether the call must give way (contention.rs, which records it) rather
+    /// than wait while keeping a dead letter with this event_id: an older
+    /// transaction is keeping the same one.
+    fn must_give_way(&mut self, event_id: &str, element: &str) -> bool {
+        if self.contention.is_none() {
+            return false;
+        }
         let probe = self.probe.get_or_insert_with(KeyProbe::open);
-        let xid = probe.look_up(event_id, element)?;
-        (!contention::may_wait(&self.contention, xid)).then_some(Blocker::Transaction(xid))
+        probe
+            .look_up(event_id, element)
+            .is_some_and(|xid| !contention::may_wait(&self.contention, xid))
     }
 }
 
@@ -97,31 +100,14 @@ struct KeyProbe {
 
 impl KeyProbe {
     fn open() -> KeyProbe {
-        // SAFETY: `rejected` is opened with ROW EXCLUSIVE, as the INSERT that
-        // follows takes it; the executor state and slots are released in
-        // `close` (or with the subtransaction, on an error).
+        let relid = table::extension_relation(c"rejected");
+        // SAFETY: `rejected` is opened as the INSERT that follows opens it; the
+        // executor state and slots are released in `close` (or with the
+        // subtransaction, on an error).
         unsafe {
-            let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), false);
-            let relid = pg_sys::get_relname_relid(c"rejected".as_ptr(), namespace);
-            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            let estate = pg_sys::CreateExecutorState();
-            let mut query_memory = PgMemoryContexts::For((*estate).es_query_cxt);
-            let rri = query_memory.switch_to(|_| {
-                let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
-                    as *mut pg_sys::ResultRelInfo;
-                (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
-                pg_sys::InitResultRelInfo(rri, rel, 0, null_mut(), 0);
-                pg_sys::ExecOpenIndices(rri, true);
-                rri
-            });
+            let (rel, estate, rri) = table::open_for_insert(relid);
             let unique = (0..(*rri).ri_NumIndices.max(0) as usize)
-                .filter(|&i| {
-                    let info = *(*rri).ri_IndexRelationInfo.add(i);
-                    let index = *(*rri).ri_IndexRelationDescs.add(i);
-                    (*info).ii_Unique
-                        && (*info).ii_ReadyForInserts
-                        && (*(*index).rd_index).indimmediate
-                })
+                .filter(|&i| table::is_immediate_unique(rri, i))
                 .collect();
             let attribute = |name: &std::ffi::CStr| {
                 (pg_sys::get_attnum(relid, name.as_ptr()) as usize).saturating_sub(1)
@@ -176,27 +162,22 @@ impl KeyProbe {
     }
 
     fn close(self) {
-        // SAFETY: everything opened in `open` is released once; the relation
-        // stays locked until the transaction ends (NoLock).
-        unsafe {
-            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
-            pg_sys::ExecCloseIndices(self.rri);
-            pg_sys::FreeExecutorState(self.estate);
-            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-        }
+        // SAFETY: what `open` opened, released once.
+        unsafe { table::close_for_insert(self.rel, self.estate, self.rri) };
     }
 }
 
 /// Stores one dead letter; false when the same one (same event_id and text) was
-/// kept already. SPI must be connected. `Err` when the call must give way to
-/// an older transaction keeping the same dead letter (nothing is stored).
+/// kept already, or when the call gave way to an older transaction keeping the
+/// same one (nothing is stored; `letters`' contention records it). SPI must be
+/// connected.
 pub fn reject(
     letters: &mut DeadLetters,
     source: &str,
     ordinal: usize,
     element: &str,
     rejection: &Rejection,
-) -> Result<bool, Blocker> {
+) -> bool {
     let with_ids = rejected_has_ids();
     let plan = if with_ids {
         kept_plan(&REJECTED_PLAN, INSERT_REJECTED, &INSERT_REJECTED_TYPES)
@@ -209,8 +190,8 @@ pub fn reject(
     };
     let ids = rejected_ids(element);
     if let Some(event_id) = ids.event_id.as_deref().filter(|_| with_ids) {
-        if let Some(blocker) = letters.must_give_way(event_id, element) {
-            return Err(blocker);
+        if letters.must_give_way(event_id, element) {
+            return false;
         }
     }
     let memory = &mut letters.memory;
@@ -261,7 +242,7 @@ pub fn reject(
     };
     // SAFETY: nothing built in `memory` is used past this point.
     unsafe { pg_sys::MemoryContextReset(memory.value()) };
-    Ok(stored)
+    stored
 }
 
 /// Whether `metrics_ingest.rejected` has the columns of 0.2.0 (user_id, event_id;
@@ -269,10 +250,9 @@ pub fn reject(
 /// installing this library and `ALTER EXTENSION metrics_ingest UPDATE` from 0.1.x,
 /// when dead letters are written as 0.1.x wrote them. Three syscache lookups.
 fn rejected_has_ids() -> bool {
-    // SAFETY: syscache lookups by static NUL-terminated names; nothing is kept.
+    let relid = table::extension_relation(c"rejected");
+    // SAFETY: a syscache lookup by a static NUL-terminated name; nothing is kept.
     unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), true);
-        let relid = pg_sys::get_relname_relid(c"rejected".as_ptr(), namespace);
         relid != pg_sys::InvalidOid
             && pg_sys::get_attnum(relid, c"event_id".as_ptr())
                 != pg_sys::InvalidAttrNumber as pg_sys::AttrNumber

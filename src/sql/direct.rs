@@ -41,7 +41,7 @@ use super::datum::{jsonb_datum, supplied_values, Column, EVENT_KEY};
 use super::errors::raise_internal;
 use super::pg_compat;
 use super::sink::{LateRepeat, Repeat, Sink, Stored};
-use super::table::{LeafLayout, TableShape};
+use super::table::{self, LeafLayout, TableShape};
 use crate::core::element::{Context, Measurement, ValidElement};
 
 /// Rows per multi-insert, as COPY's MAX_BUFFERED_TUPLES.
@@ -93,16 +93,10 @@ impl DirectLeaf {
         // structure is allocated in the EState's query context and freed with
         // it in `finish`.
         unsafe {
-            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
-            let estate = pg_sys::CreateExecutorState();
+            let (rel, estate, rri) = table::open_for_insert(relid);
+            pg_compat::check_valid_insert(rri);
             let mut query_memory = PgMemoryContexts::For((*estate).es_query_cxt);
-            let (rri, (arbiters, arbiter_indexes)) = query_memory.switch_to(|_| {
-                let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
-                    as *mut pg_sys::ResultRelInfo;
-                (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
-                pg_sys::InitResultRelInfo(rri, rel, 0, null_mut(), 0);
-                pg_compat::check_valid_insert(rri);
-                pg_sys::ExecOpenIndices(rri, true);
+            let (arbiters, arbiter_indexes) = query_memory.switch_to(|_| {
                 let (arbiters, arbiter_indexes) = event_arbiters(rri, &layout);
                 if !layout.checks.is_empty()
                     && !(*(*rel).rd_att).constr.is_null()
@@ -118,7 +112,7 @@ impl DirectLeaf {
                     }
                     pg_compat::set_check_constraint_exprs(rri, states);
                 }
-                (rri, (arbiters, arbiter_indexes))
+                (arbiters, arbiter_indexes)
             });
             let defaults = query_memory.switch_to(|_| {
                 layout
@@ -270,7 +264,7 @@ impl DirectLeaf {
 
     /// Whether this call gave way to another transaction (contention.rs).
     fn gave_way(&self) -> bool {
-        self.contention.as_ref().is_some_and(|c| c.get().is_some())
+        contention::gave_way(&self.contention).is_some()
     }
 
     /// A slot of this relation for stored rows, made on first use.
@@ -327,15 +321,7 @@ impl DirectLeaf {
         }
         if self.gave_way() {
             // The attempt is rolled back: the buffered rows need not be written.
-            // SAFETY: the slots hold rows built in the batch context, unused now.
-            unsafe {
-                for &slot in &self.slots[..self.buffered()] {
-                    pg_sys::ExecClearTuple(slot);
-                }
-                pg_sys::MemoryContextReset(self.batch_context.value());
-            }
-            self.buffered_events = 0;
-            self.buffered_rows.clear();
+            self.clear_buffer();
             return;
         }
         let guarded = self.buffered_events > 0 && !self.probe_first && take_subtransaction();
@@ -386,6 +372,14 @@ impl DirectLeaf {
                     }
                 }
             }
+        }
+        self.clear_buffer();
+    }
+
+    /// Empties the buffer once its rows are written (or need not be).
+    fn clear_buffer(&mut self) {
+        // SAFETY: the slots hold rows built in the batch context, used no more.
+        unsafe {
             for &slot in &self.slots[..self.buffered()] {
                 pg_sys::ExecClearTuple(slot);
             }
@@ -596,10 +590,7 @@ impl Sink for DirectLeaf {
                 pg_sys::FreeBulkInsertState(self.bistate);
                 pg_sys::table_finish_bulk_insert(self.rel, 0);
             }
-            pg_sys::ExecResetTupleTable((*self.estate).es_tupleTable, false);
-            pg_sys::ExecCloseIndices(self.rri);
-            pg_sys::FreeExecutorState(self.estate);
-            pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            table::close_for_insert(self.rel, self.estate, self.rri);
         }
         std::mem::take(&mut self.late_repeats)
     }
@@ -718,11 +709,8 @@ unsafe fn event_arbiters(
         for i in 0..(*rri).ri_NumIndices as usize {
             let index = *(*rri).ri_IndexRelationDescs.add(i);
             let info = *(*rri).ri_IndexRelationInfo.add(i);
-            let form = (*index).rd_index;
             let keys = (*info).ii_NumIndexKeyAttrs as usize;
-            let is_event_key = (*info).ii_Unique
-                && (*info).ii_ReadyForInserts
-                && (*form).indimmediate
+            let is_event_key = table::is_immediate_unique(rri, i)
                 && (*info).ii_Expressions.is_null()
                 && keys == EVENT_KEY.len()
                 && EVENT_KEY.iter().enumerate().all(|(k, column)| {

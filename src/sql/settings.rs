@@ -89,12 +89,7 @@ fn load() -> Cached {
 /// Whether metrics_ingest.settings exists: before `ALTER EXTENSION ... UPDATE`
 /// to 0.2.0, this library runs against an older schema that has none.
 fn settings_table_exists() -> bool {
-    // SAFETY: plain syscache lookups by name.
-    unsafe {
-        let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), true);
-        namespace != pg_sys::InvalidOid
-            && pg_sys::get_relname_relid(c"settings".as_ptr(), namespace) != pg_sys::InvalidOid
-    }
+    super::table::extension_relation(c"settings") != pg_sys::InvalidOid
 }
 
 /// The oldest storable time, in microseconds since 2000-01-01 (timestamptz's

@@ -441,3 +441,78 @@ pub fn route(routes: &[Route], pg_us: i64) -> Option<pg_sys::Oid> {
         .filter(|r| pg_us < r.upper)
         .map(|r| r.relid)
 }
+
+/// The oid of `metrics_ingest.<name>`, or InvalidOid when there is no such
+/// relation (or no such schema). Two syscache lookups.
+pub fn extension_relation(name: &CStr) -> pg_sys::Oid {
+    // SAFETY: syscache lookups by NUL-terminated names; nothing is kept.
+    unsafe {
+        let namespace = pg_sys::get_namespace_oid(c"metrics_ingest".as_ptr(), true);
+        pg_sys::get_relname_relid(name.as_ptr(), namespace)
+    }
+}
+
+/// A relation opened for writing through the executor, as COPY opens its
+/// target: ROW EXCLUSIVE, a fresh executor state, and in its query memory a
+/// result relation whose indexes are open with the information speculative
+/// insertion and `contention::probe` need. `close_for_insert` releases it.
+///
+/// # Safety
+/// Inside a transaction; the caller releases what this returns once.
+pub unsafe fn open_for_insert(
+    relid: pg_sys::Oid,
+) -> (
+    pg_sys::Relation,
+    *mut pg_sys::EState,
+    *mut pg_sys::ResultRelInfo,
+) {
+    // SAFETY: the result relation is allocated and initialised in the executor
+    // state's query memory, which lives until FreeExecutorState.
+    unsafe {
+        let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+        let estate = pg_sys::CreateExecutorState();
+        let rri = PgMemoryContexts::For((*estate).es_query_cxt).switch_to(|_| {
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                as *mut pg_sys::ResultRelInfo;
+            (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+            pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(rri, true);
+            rri
+        });
+        (rel, estate, rri)
+    }
+}
+
+/// Releases what `open_for_insert` opened, in reverse order; the relation
+/// stays locked until the transaction ends (NoLock).
+///
+/// # Safety
+/// The three come from one `open_for_insert` and are not used afterwards.
+pub unsafe fn close_for_insert(
+    rel: pg_sys::Relation,
+    estate: *mut pg_sys::EState,
+    rri: *mut pg_sys::ResultRelInfo,
+) {
+    // SAFETY: see the function's contract.
+    unsafe {
+        pg_sys::ExecResetTupleTable((*estate).es_tupleTable, false);
+        pg_sys::ExecCloseIndices(rri);
+        pg_sys::FreeExecutorState(estate);
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+    }
+}
+
+/// Whether index `i` of an opened result relation is unique, ready for
+/// inserts and checked at once (not deferrable): one that may be an arbiter,
+/// as INSERT ... ON CONFLICT picks them.
+///
+/// # Safety
+/// `rri`'s indexes are open and `i < ri_NumIndices`.
+pub unsafe fn is_immediate_unique(rri: *mut pg_sys::ResultRelInfo, i: usize) -> bool {
+    // SAFETY: see the function's contract.
+    unsafe {
+        let index = *(*rri).ri_IndexRelationDescs.add(i);
+        let info = *(*rri).ri_IndexRelationInfo.add(i);
+        (*info).ii_Unique && (*info).ii_ReadyForInserts && (*(*index).rd_index).indimmediate
+    }
+}

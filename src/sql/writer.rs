@@ -114,9 +114,10 @@ impl Writer {
     }
 
     /// What this attempt gave way to, if it did: its rows are not all written,
-    /// and it must be rolled back and made again (contention.rs).
+    /// and it must be rolled back and made again (contention.rs). The caller
+    /// stores and rejects nothing more once it did.
     pub fn gave_way(&self) -> Option<Blocker> {
-        self.contention.as_ref().and_then(|c| c.get())
+        contention::gave_way(&self.contention)
     }
 
     fn connect_spi(&mut self) {
@@ -154,9 +155,6 @@ impl Writer {
 
     /// Stores an element's rows (or buffers them for a later flush).
     pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> Stored {
-        if self.gave_way().is_some() {
-            return Stored::default();
-        }
         let relid = if self.table.partitioned {
             match self.partition_for(element.context.unix_us - PG_EPOCH_OFFSET_US) {
                 Some(relid) => relid,
@@ -211,7 +209,7 @@ impl Writer {
         if let Some(relid) = table::route(&self.routes, pg_us) {
             return Some(relid);
         }
-        if !contention::try_partition_lock(&self.contention) {
+        if !contention::try_partition_lock(&self.contention, self.table.relid) {
             return None;
         }
         self.connect_spi();
@@ -302,7 +300,8 @@ impl Writer {
             .retain(|(_, target)| matches!(target, Target::Insert));
     }
 
-    /// Stores one dead letter; false when the same one was kept already.
+    /// Stores one dead letter; false when the same one was kept already, or
+    /// when this attempt gave way instead of waiting for another keeping it.
     pub fn reject(
         &mut self,
         source: &str,
@@ -310,15 +309,11 @@ impl Writer {
         element: &str,
         rejection: &Rejection,
     ) -> bool {
-        if self.gave_way().is_some() {
-            return false;
-        }
         self.connect_spi();
         let stored =
             dead_letters::reject(&mut self.dead_letters, source, ordinal, element, rejection);
         self.back_from_spi();
-        // Err: the call gave way, and the contention is recorded.
-        stored.unwrap_or(false)
+        stored
     }
 
     /// Writes what is buffered, then the rollups of what was stored; returns
@@ -332,7 +327,7 @@ impl Writer {
             self.late_repeats.extend(insert.finish());
         }
         if let Some(blocker) = self.gave_way() {
-            self.finish_spi();
+            self.release();
             return Err(blocker);
         }
         if let Some(mut rollup) = self.rollup.take() {
@@ -347,7 +342,7 @@ impl Writer {
                 self.back_from_spi();
             }
         }
-        self.finish_spi();
+        self.release();
         Ok(self
             .late_repeats
             .iter()
@@ -355,7 +350,9 @@ impl Writer {
             .collect())
     }
 
-    fn finish_spi(&mut self) {
+    /// Closes the dead letters' key look-ups and SPI, before the attempt's
+    /// subtransaction ends.
+    fn release(&mut self) {
         self.dead_letters.close();
         if self.spi_connected {
             self.spi_connected = false;
