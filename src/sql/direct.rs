@@ -394,6 +394,7 @@ impl DirectLeaf {
     /// it). In an unguarded flush each conflicting row is taken back out and
     /// redone here.
     unsafe fn write_buffered(&mut self, guarded: bool) -> bool {
+        self.sort_buffer();
         // SAFETY: the first `buffered()` slots hold complete rows of this relation.
         unsafe {
             pg_sys::table_multi_insert(
@@ -443,6 +444,41 @@ impl DirectLeaf {
             }
             raced
         }
+    }
+
+    /// Orders the buffered rows by (user_id, "timestamp"), the leading columns
+    /// of both keys, so that their index entries go in in key order, a leaf
+    /// page after the next, instead of all over the indexes. The sort is
+    /// stable: rows of one event keep the order of their elements. Ids were
+    /// assigned when the rows were built, in element order; only where the
+    /// rows lie in the heap changes.
+    fn sort_buffer(&mut self) {
+        let n = self.buffered();
+        let user = self.layout.attribute_of[Column::UserId as usize];
+        let time = self.layout.attribute_of[Column::Timestamp as usize];
+        // SAFETY: the first `n` slots hold complete virtual rows of this
+        // relation, whose user_id (text) and "timestamp" (int8 by value) are
+        // NOT NULL; the text values live in the batch context until the flush ends.
+        let mut order: Vec<(&[u8], i64, usize)> = unsafe {
+            (0..n)
+                .map(|i| {
+                    let slot = self.slots[i];
+                    let value = |a: usize| *(*slot).tts_values.add(a);
+                    let user_id = pgrx::varlena::varlena_to_byte_slice(
+                        value(user).cast_mut_ptr::<pg_sys::varlena>(),
+                    );
+                    (user_id, value(time).value() as i64, i)
+                })
+                .collect()
+        };
+        order.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let slots: Vec<_> = order.iter().map(|&(_, _, i)| self.slots[i]).collect();
+        let rows: Vec<_> = order
+            .iter()
+            .map(|&(_, _, i)| self.buffered_rows[i])
+            .collect();
+        self.slots[..n].copy_from_slice(&slots);
+        self.buffered_rows.copy_from_slice(&rows);
     }
 
     /// One row through speculative insertion: None if stored, else what it repeats.

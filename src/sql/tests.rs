@@ -441,6 +441,44 @@ mod tests {
         assert_eq!(count("SELECT count(DISTINCT (user_id, event_id, metric_type)) FROM metrics_ingest.metrics"), 10_000);
     }
 
+    /// A flush writes its rows in key order (user_id, "timestamp"), not in
+    /// element order; what a user sees must not change: ids follow the
+    /// elements, and of two elements with one event key the earlier one is
+    /// stored, however many rows that sort first lie between them.
+    #[pg_test]
+    fn rows_written_in_key_order_keep_their_elements_order_in_ids_and_verdicts() {
+        let element = |user: &str, second: u32, event: &str, value: u32| {
+            format!(
+                r#"{{"user_id":"{user}","timestamp":{},"talked_time":{value},"event_id":"{event}"}}"#,
+                1722470400 + second
+            )
+        };
+        let mut batch = vec![element("zed", 5, "z-1", 7)];
+        // Users in descending order: the flush writes them the other way round.
+        batch.extend(
+            (0..1200)
+                .map(|i| element(&format!("a{:04}", 1199 - i), 1200 - i, &format!("a-{i}"), i)),
+        );
+        batch.push(element("zed", 5, "z-1", 8));
+        batch.push(element("zed", 1, "z-0", 9));
+        let found = outcomes(&format!("[{}]", batch.join(",")));
+        assert_eq!(found.len(), 1203);
+        assert_eq!(found[0], "1|inserted|1");
+        assert_eq!(found[1201], "1202|conflict|metric_value|0");
+        assert_eq!(found[1202], "1203|inserted|1");
+        assert_eq!(
+            text("SELECT string_agg(metric_value::text, ',' ORDER BY id) FROM metrics_ingest.metrics WHERE user_id = 'zed'"),
+            "7,9"
+        );
+        let ids_follow_elements = "SELECT bool_and(ok) FROM (SELECT (lag(u) OVER (ORDER BY id) IS NULL              OR lag(u) OVER (ORDER BY id) > u) AS ok FROM (SELECT id, substr(user_id, 2)::int AS u              FROM metrics_ingest.metrics WHERE user_id LIKE 'a%') r) s";
+        assert_eq!(one::<bool>(ids_follow_elements), Some(true));
+        // ...while the heap holds them in key order (the flush did sort them).
+        assert_eq!(
+            text("SELECT (array_agg(user_id ORDER BY ctid))[1] FROM metrics_ingest.metrics WHERE user_id LIKE 'a%'"),
+            "a0201"
+        );
+    }
+
     #[pg_test]
     fn deep_jsonb_is_an_element_rejection_not_an_internal_error() {
         let deep = "('[{\"user_id\":\"d\",\"timestamp\":1722470400,\"talked_time\":1,\"deep\":' || repeat('[', 1000) || repeat(']', 1000) || '}]')::jsonb";
