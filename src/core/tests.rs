@@ -7,7 +7,7 @@ use super::error::{PayloadError, RejectionKind};
 use super::payload::for_each_element;
 use super::registry::Registry;
 
-fn check(raw: &str) -> Result<ValidElement, (String, String, RejectionKind)> {
+fn check(raw: &str) -> Result<ValidElement<'_>, (String, String, RejectionKind)> {
     validate_json_element(raw, &Registry::builtin())
         .map_err(|r| (r.field.clone(), r.to_string(), r.kind))
 }

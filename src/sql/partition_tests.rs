@@ -176,7 +176,7 @@ mod tests {
         );
         let refused = text(&format!(
             "SELECT concat_ws('|', status, field, error) FROM metrics_ingest.ingest_json({})",
-            pgrx::spi::quote_literal(&event("r", &day(31), "late"))
+            pgrx::spi::quote_literal(event("r", &day(31), "late"))
         ));
         assert!(
             refused.starts_with(
@@ -354,7 +354,7 @@ mod tests {
         run("CREATE UNIQUE INDEX one_per_second ON metrics_ingest.metrics (user_id, \"timestamp\", metric_type)");
         let error = sqlstate_of(&format!(
             "SELECT * FROM metrics_ingest.ingest_json({})",
-            pgrx::spi::quote_literal(&event("s", "2024-01-01T10:00:00Z", "s-other"))
+            pgrx::spi::quote_literal(event("s", "2024-01-01T10:00:00Z", "s-other"))
         ));
         assert_eq!(error, "23505");
     }
@@ -393,7 +393,7 @@ mod tests {
         run("ALTER TABLE metrics_ingest.metrics ADD COLUMN region pg_temp.required");
         let error = sqlstate_of(&format!(
             "SELECT * FROM metrics_ingest.ingest_json({})",
-            pgrx::spi::quote_literal(&event("dom", "2024-01-01T10:00:00Z", "x"))
+            pgrx::spi::quote_literal(event("dom", "2024-01-01T10:00:00Z", "x"))
         ));
         assert_eq!(error, "23502");
     }
@@ -487,7 +487,7 @@ mod tests {
         );
         let error = text(&format!(
             "SELECT error FROM metrics_ingest.ingest_json({})",
-            pgrx::spi::quote_literal(&talk("c1", "31", ""))
+            pgrx::spi::quote_literal(talk("c1", "31", ""))
         ));
         assert_eq!(
             error,
@@ -687,7 +687,7 @@ mod tests {
         assert_eq!(
             sqlstate_of(&format!(
                 "SELECT * FROM metrics_ingest.ingest_json({})",
-                pgrx::spi::quote_literal(&event("p", "2024-01-01T11:00:00Z", "p2"))
+                pgrx::spi::quote_literal(event("p", "2024-01-01T11:00:00Z", "p2"))
             )),
             "42501"
         );
@@ -720,7 +720,7 @@ mod tests {
         assert_eq!(
             sqlstate_of(&format!(
                 "SELECT * FROM metrics_ingest.ingest_json({})",
-                pgrx::spi::quote_literal(&event("b", "2024-01-01T10:00:00Z", "b1"))
+                pgrx::spi::quote_literal(event("b", "2024-01-01T10:00:00Z", "b1"))
             )),
             "23514"
         );
