@@ -294,6 +294,7 @@ pub unsafe fn jsonb_text(datum: pg_sys::Datum) -> String {
 pub fn array_type(element_type: pg_sys::Oid) -> pg_sys::Oid {
     match element_type {
         pg_sys::TEXTOID => pg_sys::TEXTARRAYOID,
+        pg_sys::INT4OID => pg_sys::INT4ARRAYOID,
         pg_sys::DATEOID => pg_sys::DATEARRAYOID,
         pg_sys::INT8OID => pg_sys::INT8ARRAYOID,
         pg_sys::FLOAT8OID => pg_sys::FLOAT8ARRAYOID,
@@ -303,11 +304,12 @@ pub fn array_type(element_type: pg_sys::Oid) -> pg_sys::Oid {
 }
 
 /// A one-dimensional array datum, in the current memory context, of text or of
-/// a by-value type the rollups write (int8, float8, timestamptz, date).
+/// a by-value type the rollups and dead letters write (int4, int8, float8,
+/// timestamptz, date).
 pub fn array_datum(values: &[Option<pg_sys::Datum>], element_type: pg_sys::Oid) -> pg_sys::Datum {
     let (length, by_value, align) = match element_type {
         pg_sys::TEXTOID => (-1, false, b'i'),
-        pg_sys::DATEOID => (4, true, b'i'),
+        pg_sys::DATEOID | pg_sys::INT4OID => (4, true, b'i'),
         pg_sys::INT8OID | pg_sys::FLOAT8OID | pg_sys::TIMESTAMPTZOID => (8, true, b'd'),
         _ => raise_internal("array_datum", "an element type it does not know"),
     };
@@ -334,4 +336,15 @@ pub fn array_datum(values: &[Option<pg_sys::Datum>], element_type: pg_sys::Oid) 
             align as c_char,
         ))
     }
+}
+
+/// One array parameter of a statement, and its type: `f` of each item (None
+/// for NULL), as an array of `element_type`, in the current memory context.
+pub fn array_column<T>(
+    items: &[T],
+    f: impl Fn(&T) -> Option<pg_sys::Datum>,
+    element_type: pg_sys::Oid,
+) -> (pg_sys::Datum, pg_sys::Oid) {
+    let values: Vec<_> = items.iter().map(f).collect();
+    (array_datum(&values, element_type), array_type(element_type))
 }

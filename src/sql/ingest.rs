@@ -218,7 +218,7 @@ fn attempt(
                 if mode == OnError::Stop {
                     raise_rejection(&rejection, Some(ordinal));
                 }
-                writer.reject("ingest_json", ordinal, raw, &rejection);
+                writer.reject(ordinal, raw, &rejection);
                 texts.push(&rejection.to_string(), &rejection.field);
                 outcomes.push(Outcome {
                     status: Status::Rejected,

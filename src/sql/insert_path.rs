@@ -193,6 +193,23 @@ unsafe fn repeat_of(
     }
 }
 
+/// Runs the kept plan of `query` (prepared on first use) with `parameters`,
+/// none NULL (arrays, mostly), and returns the SPI status. SPI must be connected.
+pub fn execute_kept(
+    slot: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,
+    query: &str,
+    parameters: &[(pg_sys::Datum, pg_sys::Oid)],
+) -> i32 {
+    let (values, types): (Vec<pg_sys::Datum>, Vec<pg_sys::Oid>) =
+        parameters.iter().copied().unzip();
+    let plan = kept_plan(slot, query, &types);
+    let nulls = vec![b' ' as std::ffi::c_char; values.len() + 1];
+    // SAFETY: SPI is connected (the caller's duty); the plan takes
+    // `values.len()` parameters of these types, none NULL (the nulls string is
+    // all spaces).
+    unsafe { pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), nulls.as_ptr(), false, 0) }
+}
+
 /// A plan prepared once per backend and kept (SPI_keepplan).
 pub fn kept_plan(
     slot: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,

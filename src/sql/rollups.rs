@@ -13,9 +13,9 @@ use std::cell::Cell;
 
 use pgrx::pg_sys;
 
-use super::datum::{array_datum, array_type, float8_datum, text_datum, timestamptz_datum};
+use super::datum::{array_column as column, float8_datum, text_datum, timestamptz_datum};
 use super::errors::raise_internal;
-use super::insert_path::kept_plan;
+use super::insert_path::execute_kept;
 use crate::core::rollup::Summary;
 
 /// Both kinds of delta rows in one statement (one executor run per call: it
@@ -160,36 +160,15 @@ pub fn write(summary: &Summary) {
     }
 }
 
-/// One array parameter, and its type: `f` of each item, as an array of
-/// `element_type`.
-fn column<T>(
-    items: &[T],
-    f: impl Fn(&T) -> Option<pg_sys::Datum>,
-    element_type: pg_sys::Oid,
-) -> (pg_sys::Datum, pg_sys::Oid) {
-    let values: Vec<_> = items.iter().map(f).collect();
-    (array_datum(&values, element_type), array_type(element_type))
-}
-
-/// Runs a kept plan whose parameters are `parameters` (none NULL: arrays),
-/// which must end with SPI status `ok`.
+/// Runs one of the kept statements, which must end with SPI status `ok`.
 fn run(
     plan: &'static std::thread::LocalKey<Cell<pg_sys::SPIPlanPtr>>,
     query: &str,
     parameters: &[(pg_sys::Datum, pg_sys::Oid)],
     ok: u32,
 ) {
-    let (values, types): (Vec<pg_sys::Datum>, Vec<pg_sys::Oid>) =
-        parameters.iter().copied().unzip();
-    let plan = kept_plan(plan, query, &types);
-    // SAFETY: SPI is connected (this module's contract); the plan takes
-    // `values.len()` parameters, none NULL (the nulls string is all spaces).
-    unsafe {
-        let nulls = vec![b' ' as std::ffi::c_char; values.len() + 1];
-        let status =
-            pg_sys::SPI_execute_plan(plan, values.as_ptr().cast_mut(), nulls.as_ptr(), false, 0);
-        if status != ok as i32 {
-            raise_internal("writing the rollups", format!("SPI status {status}"));
-        }
+    let status = execute_kept(plan, query, parameters);
+    if status != ok as i32 {
+        raise_internal("writing the rollups", format!("SPI status {status}"));
     }
 }

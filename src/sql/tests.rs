@@ -528,6 +528,59 @@ mod tests {
         );
     }
 
+    /// A call's dead letters are written together, at most 1,000 a statement:
+    /// across several statements they keep the order they were judged in, and a
+    /// bad element sent twice in one call is kept once, as across calls.
+    #[pg_test]
+    fn a_calls_dead_letters_are_kept_in_order_and_once_across_its_writes() {
+        let bad = |i: usize| {
+            format!(
+                r#"{{"user_id":"dl","event_id":"d{i}","timestamp":"not a time","talked_time":1}}"#
+            )
+        };
+        let mut batch: Vec<String> = (0..2500).map(bad).collect();
+        batch.insert(
+            1200,
+            r#"{"user_id":"dl","timestamp":1722470400,"talked_time":1}"#.into(),
+        );
+        batch.push(bad(7));
+        batch.push(r#"{"user_id":"dl","timestamp":"later","talked_time":1}"#.into());
+        let payload = format!("[{}]", batch.join(","));
+        let found = outcomes(&payload);
+        assert_eq!(found.len(), 2503);
+        assert_eq!(found[1200], "1201|inserted|1");
+        assert_eq!(
+            found[2501], "2502|rejected|timestamp|0",
+            "the repeat is still rejected"
+        );
+        assert_eq!(
+            found.iter().filter(|o| o.contains("|rejected|")).count(),
+            2502
+        );
+        let kept = "SELECT count(*) FROM metrics_ingest.rejected WHERE user_id = 'dl'";
+        assert_eq!(count(kept), 2501, "the same bad element twice is kept once");
+        assert_eq!(
+            one::<bool>(
+                "SELECT bool_and(ok) FROM (SELECT ordinal > lag(ordinal, 1, 0) OVER (ORDER BY id) AS ok \
+                 FROM metrics_ingest.rejected WHERE user_id = 'dl') s"
+            ),
+            Some(true),
+            "ids follow the elements"
+        );
+        assert_eq!(
+            text("SELECT concat_ws('|', ordinal, event_id, field, sqlstate) FROM metrics_ingest.rejected \
+                  WHERE user_id = 'dl' ORDER BY id DESC LIMIT 1"),
+            "2503|timestamp|22023"
+        );
+        // The same call again: every letter is there already.
+        assert_eq!(outcomes(&payload).len(), 2503);
+        assert_eq!(
+            count(kept),
+            2502,
+            "only the letter without an event_id is kept again"
+        );
+    }
+
     /// The stand-in for Citus's catalog, as Citus defines it (pg_catalog, a regclass
     /// column logicalrelid with a unique index).
     use crate::sql::citus::STAND_IN_PG_DIST_PARTITION;

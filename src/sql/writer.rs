@@ -32,6 +32,8 @@ use crate::core::timestamp::{describe_unix_us, PG_EPOCH_OFFSET_US};
 /// Partitions with a buffer of their own at once, as COPY's MAX_PARTITION_BUFFERS.
 const MAX_OPEN_LEAVES: usize = 32;
 
+/// The `source` of dead letters: only ingest_json keeps them (insert_metric raises).
+const DEAD_LETTER_SOURCE: &str = "ingest_json";
 const PARTITION_FOR: &str = "SELECT metrics_ingest.partition_for($1)";
 
 thread_local! {
@@ -300,20 +302,21 @@ impl Writer {
             .retain(|(_, target)| matches!(target, Target::Insert));
     }
 
-    /// Stores one dead letter; false when the same one was kept already, or
-    /// when this attempt gave way instead of waiting for another keeping it.
-    pub fn reject(
-        &mut self,
-        source: &str,
-        ordinal: usize,
-        element: &str,
-        rejection: &Rejection,
-    ) -> bool {
+    /// Keeps one dead letter, written with the call's others (dead_letters.rs),
+    /// unless this attempt gives way instead of waiting for another keeping it.
+    pub fn reject(&mut self, ordinal: usize, element: &str, rejection: &Rejection) {
+        if self.dead_letters.push(ordinal, element, rejection) {
+            self.write_dead_letters();
+        }
+    }
+
+    fn write_dead_letters(&mut self) {
+        if !self.dead_letters.has_pending() {
+            return;
+        }
         self.connect_spi();
-        let stored =
-            dead_letters::reject(&mut self.dead_letters, source, ordinal, element, rejection);
+        self.dead_letters.write(DEAD_LETTER_SOURCE);
         self.back_from_spi();
-        stored
     }
 
     /// Writes what is buffered, then the rollups of what was stored; returns
@@ -330,6 +333,7 @@ impl Writer {
             self.release();
             return Err(blocker);
         }
+        self.write_dead_letters();
         if let Some(mut rollup) = self.rollup.take() {
             for late in &self.late_repeats {
                 let refused = late.repeat != Repeat::Duplicate;
