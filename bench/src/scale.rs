@@ -569,6 +569,11 @@ pub fn run(args: ScaleArgs) -> Res<i32> {
         show(&mut a, "shared_buffers"),
         show(&mut a, "autovacuum")
     );
+    println!(
+        "  checkpoints          max_wal_size {}, checkpoint_timeout {}",
+        show(&mut a, "max_wal_size"),
+        show(&mut a, "checkpoint_timeout")
+    );
     let partkey: Option<String> = a
         .query_one(
             "SELECT pg_get_partkeydef('metrics_ingest.metrics'::regclass)",
