@@ -72,6 +72,9 @@ pub struct DeadLetters {
     probe: Option<KeyProbe>,
     pending: Vec<Letter>,
     pending_bytes: usize,
+    /// `rejected_has_ids()`, asked once per call: a call does not see the
+    /// catalog change under it.
+    has_ids: Option<bool>,
 }
 
 impl DeadLetters {
@@ -82,7 +85,13 @@ impl DeadLetters {
             probe: None,
             pending: Vec::new(),
             pending_bytes: 0,
+            has_ids: None,
         }
+    }
+
+    /// Whether `rejected` has user_id and event_id (see `rejected_has_ids`).
+    fn has_ids(&mut self) -> bool {
+        *self.has_ids.get_or_insert_with(rejected_has_ids)
     }
 
     /// Keeps one dead letter for the next `write`, unless the call gives way
@@ -92,7 +101,7 @@ impl DeadLetters {
     pub fn push(&mut self, ordinal: usize, element: &str, rejection: &Rejection) -> bool {
         let ids = rejected_ids(element);
         if let Some(event_id) = ids.event_id.as_deref() {
-            if rejected_has_ids() && self.must_give_way(event_id, element) {
+            if self.has_ids() && self.must_give_way(event_id, element) {
                 return false;
             }
         }
@@ -120,7 +129,7 @@ impl DeadLetters {
         if self.pending.is_empty() {
             return;
         }
-        let with_ids = rejected_has_ids();
+        let with_ids = self.has_ids();
         let letters = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let text = |s: &str| Some(text_datum(s));
