@@ -175,6 +175,8 @@ fn metric_types_changed<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
     let relid = trigger.relid()?;
+    // SAFETY: relid is the trigger's own table, which exists while its trigger
+    // runs; the call only queues an invalidation message for it.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
     Ok(None)
 }
