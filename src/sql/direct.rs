@@ -66,6 +66,9 @@ pub struct DirectLeaf {
     has_constraints: bool,
     bulk: bool,
     slots: Vec<*mut pg_sys::TupleTableSlot>,
+    /// The descriptor of `slots`: a copy of the relation's, which, unlike the
+    /// relation's own, is not reference-counted (see `slot`).
+    slot_descriptor: pg_sys::TupleDesc,
     buffered_events: usize,
     /// The element (ordinal) and measurement each buffered row came from, to
     /// correct its verdict if a race turns the row into a duplicate at flush time.
@@ -126,6 +129,8 @@ impl DirectLeaf {
                     })
                     .collect()
             });
+            let slot_descriptor =
+                query_memory.switch_to(|_| pg_sys::CreateTupleDescCopy((*rel).rd_att));
             let cid = pg_sys::GetCurrentCommandId(true);
             (*estate).es_output_cid = cid;
             DirectLeaf {
@@ -148,6 +153,7 @@ impl DirectLeaf {
                 defaults,
                 bulk,
                 slots: Vec::new(),
+                slot_descriptor,
                 buffered_events: 0,
                 buffered_rows: Vec::with_capacity(if bulk { MAX_BUFFERED } else { 0 }),
                 late_repeats: Vec::new(),
@@ -163,12 +169,31 @@ impl DirectLeaf {
         self.buffered_rows.len()
     }
 
+    /// Buffer slot `i`, made on first use.
+    ///
+    /// A slot made by table_slot_create pins the relation's descriptor in the
+    /// current resource owner, and a call makes up to MAX_BUFFERED of them:
+    /// they overflow the owner's small array, so each pin is moved into its
+    /// hash table (whoever remembers a resource when the array is full pays
+    /// for the move, often nextval's catalog lookup) and looked up there again
+    /// when the tuple table is reset. Seen with perf on PostgreSQL 18 (its
+    /// resource owners; COPY pays the same). These slots take a copy of the
+    /// descriptor instead, which is not reference-counted. They only ever hold
+    /// rows this leaf builds with every attribute set, so they need none of
+    /// what the copy leaves out (constraints, defaults, the values of columns
+    /// added later).
     fn slot(&mut self, i: usize) -> *mut pg_sys::TupleTableSlot {
         if i == self.slots.len() {
-            // SAFETY: the slot is made for this leaf's relation and registered in
-            // the EState's tuple table, which `finish` resets.
+            // SAFETY: the descriptor is a copy of this leaf's relation's,
+            // allocated in the EState's query context like the slot's entry in
+            // the EState's tuple table, which `finish` resets; the callbacks
+            // are the relation's own.
             self.slots.push(unsafe {
-                pg_sys::table_slot_create(self.rel, &mut (*self.estate).es_tupleTable)
+                pg_sys::ExecAllocTableSlot(
+                    &mut (*self.estate).es_tupleTable,
+                    self.slot_descriptor,
+                    pg_sys::table_slot_callbacks(self.rel),
+                )
             });
         }
         self.slots[i]
