@@ -184,9 +184,10 @@ impl DirectLeaf {
     /// added later).
     fn slot(&mut self, i: usize) -> *mut pg_sys::TupleTableSlot {
         if i == self.slots.len() {
-            // SAFETY: the descriptor is a copy of this leaf's relation's,
-            // allocated in the EState's query context like the slot's entry in
-            // the EState's tuple table, which `finish` resets; the callbacks
+            // SAFETY: the descriptor is a copy of this leaf's relation's, in
+            // the EState's query context; the slot is registered in the
+            // EState's tuple table, which `finish` resets (dropping the slot's
+            // use of the descriptor) before it frees the EState. The callbacks
             // are the relation's own.
             self.slots.push(unsafe {
                 pg_sys::ExecAllocTableSlot(
