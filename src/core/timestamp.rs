@@ -113,10 +113,27 @@ fn parse_iso_general(text: &str) -> Option<i64> {
     // would truncate past nanoseconds and round half up.
     let (rest, fraction_us) = split_fraction(text)?;
     let rest = rest.as_ref();
-    let whole_seconds = parse_whole_seconds(rest)?;
+    // PostgreSQL reads 24:00:00 as the next day's midnight, and refuses it
+    // with a fraction, as it refuses a leap second (:60) with one.
+    let (rest, next_day) = match midnight_as_24(rest) {
+        Some(as_00) => (Cow::Owned(as_00), true),
+        None => (Cow::Borrowed(rest), false),
+    };
+    let (whole_seconds, leap) = parse_whole_seconds(&rest)?;
+    if (leap || next_day) && fraction_us > 0 {
+        return None;
+    }
     whole_seconds
+        .checked_add(if next_day { 86_400 } else { 0 })?
         .checked_mul(1_000_000)?
         .checked_add(fraction_us)
+}
+
+/// `YYYY-MM-DD[T ]24:00:00...` with the time as `00:00:00`, if `text` has that form.
+fn midnight_as_24(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    (b.len() >= 19 && matches!(b[10], b'T' | b't' | b' ') && &b[11..19] == b"24:00:00")
+        .then(|| format!("{}00:00:00{}", &text[..11], &text[19..]))
 }
 
 /// `text` without its fractional seconds, and those as microseconds rounded as
@@ -141,31 +158,76 @@ fn split_fraction(text: &str) -> Option<(Cow<'_, str>, i64)> {
     Some((Cow::Owned(rest), micros))
 }
 
-fn parse_whole_seconds(text: &str) -> Option<i64> {
-    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
-        return Some(unix_seconds(dt));
-    }
-    const WITH_OFFSET: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%#z", "%Y-%m-%d %H:%M:%S%#z"];
-    for format in WITH_OFFSET {
-        if let Ok(dt) = DateTime::parse_from_str(text, format) {
-            return Some(unix_seconds(dt));
+/// PostgreSQL's largest time zone displacement, 15:59:59 (datetime.c,
+/// MAX_TZDISP_HOUR); a greater one is refused.
+const MAX_OFFSET_SECONDS: i32 = 15 * 3_600 + 59 * 60 + 59;
+
+/// Seconds since 1970 of whole-second ISO text, and whether it named a leap
+/// second (`:60`). An offset may carry seconds (`+05:30:15`), as PostgreSQL
+/// allows, and may not exceed 15:59:59 either way.
+fn parse_whole_seconds(text: &str) -> Option<(i64, bool)> {
+    let (text, offset_seconds) = split_offset_seconds(text)?;
+    let text = text.as_ref();
+    let with_offset = DateTime::parse_from_rfc3339(text).ok().or_else(|| {
+        const WITH_OFFSET: [&str; 2] = ["%Y-%m-%dT%H:%M:%S%#z", "%Y-%m-%d %H:%M:%S%#z"];
+        WITH_OFFSET
+            .iter()
+            .find_map(|format| DateTime::parse_from_str(text, format).ok())
+    });
+    if let Some(dt) = with_offset {
+        let offset = dt.offset().local_minus_utc();
+        let offset = offset + offset_seconds;
+        if offset.abs() > MAX_OFFSET_SECONDS {
+            return None;
         }
+        let (seconds, leap) = unix_seconds(dt);
+        return Some((
+            seconds - i64::from(offset - dt.offset().local_minus_utc()),
+            leap,
+        ));
+    }
+    if offset_seconds != 0 {
+        return None;
     }
     const NAIVE: [&str; 2] = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"];
-    for format in NAIVE {
-        if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
-            return Some(unix_seconds(naive.and_utc()));
-        }
-    }
-    None
+    NAIVE.iter().find_map(|format| {
+        NaiveDateTime::parse_from_str(text, format)
+            .ok()
+            .map(|naive| unix_seconds(naive.and_utc()))
+    })
 }
 
-/// Seconds since 1970 of a parsed time whose text held whole seconds. chrono
-/// reads a leap second (`:60`) as second 59 plus a second's worth of
-/// nanoseconds, which `timestamp()` drops; PostgreSQL reads `23:59:60` as the
-/// next minute's `00`, so this counts that second.
-fn unix_seconds<Tz: chrono::TimeZone>(dt: DateTime<Tz>) -> i64 {
-    dt.timestamp() + i64::from(dt.timestamp_subsec_nanos() >= 1_000_000_000)
+/// `text` without the seconds of an offset written `+HH:MM:SS` (which chrono
+/// does not read), and those seconds, signed as the offset (0 when there are none).
+fn split_offset_seconds(text: &str) -> Option<(Cow<'_, str>, i32)> {
+    let b = text.as_bytes();
+    let n = b.len();
+    let is_offset_with_seconds = n >= 9
+        && matches!(b[n - 9], b'+' | b'-')
+        && [1, 2, 4, 5, 7, 8]
+            .iter()
+            .all(|&k| b[n - 9 + k].is_ascii_digit())
+        && b[n - 6] == b':'
+        && b[n - 3] == b':';
+    if !is_offset_with_seconds {
+        return Some((Cow::Borrowed(text), 0));
+    }
+    let seconds = i32::from(b[n - 2] - b'0') * 10 + i32::from(b[n - 1] - b'0');
+    if seconds > 59 {
+        return None;
+    }
+    let sign = if b[n - 9] == b'+' { 1 } else { -1 };
+    Some((Cow::Borrowed(&text[..n - 3]), sign * seconds))
+}
+
+/// Seconds since 1970 of a parsed time whose text held whole seconds, and
+/// whether it was a leap second. chrono reads a leap second (`:60`) as second
+/// 59 plus a second's worth of nanoseconds, which `timestamp()` drops;
+/// PostgreSQL reads `23:59:60` as the next minute's `00`, so this counts that
+/// second.
+fn unix_seconds<Tz: chrono::TimeZone>(dt: DateTime<Tz>) -> (i64, bool) {
+    let leap = dt.timestamp_subsec_nanos() >= 1_000_000_000;
+    (dt.timestamp() + i64::from(leap), leap)
 }
 
 /// A JSON number of epoch seconds, as its exact text (integer or fractional).
@@ -246,7 +308,35 @@ mod tests {
             ("99999-01-01T00:00:00Z", Err(TimestampError::NotIso)),
             // A leap second is the next minute's first second, as PostgreSQL reads it.
             ("2024-08-12T11:59:60Z", Ok(T_2024_08_12_12)),
-            ("2024-08-12T11:59:60.25Z", Ok(T_2024_08_12_12 + 250_000)),
+            // With a fraction PostgreSQL refuses it (22008), and 24:00:00 likewise.
+            ("2024-08-12T11:59:60.25Z", Err(TimestampError::NotIso)),
+            ("2024-08-12T11:59:60.0000004Z", Ok(T_2024_08_12_12)),
+            (
+                "2024-08-11T24:00:00Z",
+                Ok(T_2024_08_12_12 - 12 * 3_600_000_000),
+            ),
+            (
+                "2024-08-11 24:00:00.000+00",
+                Ok(T_2024_08_12_12 - 12 * 3_600_000_000),
+            ),
+            ("2024-08-11T24:00:00.5Z", Err(TimestampError::NotIso)),
+            ("2024-08-11T24:00:01Z", Err(TimestampError::NotIso)),
+            ("2024-08-11T24:01:00Z", Err(TimestampError::NotIso)),
+            // Offsets: up to 15:59:59 either way, with seconds if need be.
+            ("2024-08-13T03:59:59+15:59:59", Ok(T_2024_08_12_12)),
+            ("2024-08-11T20:00:01-15:59:59", Ok(T_2024_08_12_12)),
+            ("2024-08-12T17:30:15+05:30:15", Ok(T_2024_08_12_12)),
+            ("2024-08-12T06:29:45-05:30:15", Ok(T_2024_08_12_12)),
+            (
+                "2024-08-12T17:30:15.5+05:30:15",
+                Ok(T_2024_08_12_12 + 500_000),
+            ),
+            ("2024-08-13T04:00:00+16:00", Err(TimestampError::NotIso)),
+            ("2024-08-13T11:59:00+23:59", Err(TimestampError::NotIso)),
+            ("2024-08-11T20:00:00-16:00", Err(TimestampError::NotIso)),
+            ("2024-08-12T12:00:00+05:30:60", Err(TimestampError::NotIso)),
+            ("2024-08-12T12:00:15+00:00:15", Ok(T_2024_08_12_12)),
+            ("2024-08-12T11:59:45-00:00:15", Ok(T_2024_08_12_12)),
             ("2024-08-12T13:59:60+02:00", Ok(T_2024_08_12_12)),
             ("2024-08-12 11:59:60", Ok(T_2024_08_12_12)),
             ("2099-12-31T23:59:60Z", Err(TimestampError::OutOfWindow)),
