@@ -6,24 +6,15 @@
 -- not conflict with the ROW EXCLUSIVE lock of ingest into existing partitions, where
 -- CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE.
 
--- Every partition of metrics with its range. Bounds are read back from the catalog's text
--- form under a fixed TimeZone and DateStyle, so they parse back to the same instants.
--- Partitions with MINVALUE or MAXVALUE bounds (attached by hand) are listed with NULL there.
+-- Every partition of metrics with its range, from the partition descriptor (the library),
+-- not a query of the catalog: under REPEATABLE READ a query reads the catalog as of the
+-- transaction's snapshot and misses partitions made since, and partition_for then made one
+-- overlapping them (0.3.2). MINVALUE and MAXVALUE bounds (attached by hand) are -infinity
+-- and infinity (0.3.2 listed them as NULL).
 CREATE FUNCTION metrics_ingest.partitions()
 RETURNS TABLE (partition regclass, lower timestamptz, upper timestamptz)
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
-SET "TimeZone" = 'UTC'
-SET "DateStyle" = 'ISO'
-AS $$
-    SELECT c.oid::regclass,
-           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
-           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz
-    FROM pg_inherits i
-    JOIN pg_class c ON c.oid = i.inhrelid
-    WHERE i.inhparent = 'metrics_ingest.metrics'::regclass
-    ORDER BY 2 NULLS FIRST
-$$;
+LANGUAGE c STABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'partitions_wrapper';
 
 -- A name in the extension's schema that no relation (table or index) has yet: base itself,
 -- else base_2, base_3, ... A table a DBA detached and kept, or renamed with its indexes,
@@ -91,18 +82,9 @@ BEGIN
     name := 'metrics_p' || to_char(cell_lower, 'YYYYMMDD')
         || CASE WHEN cell_lower = date_trunc('day', cell_lower) THEN ''
                 ELSE to_char(cell_lower, '"_"HH24MISS') END;
-    -- Under REPEATABLE READ the query above may miss a partition another session committed
-    -- after this transaction's snapshot; the catalog lookup by name does not. A relation of
-    -- that name that is not a partition of metrics holding ts (a table a DBA detached and
-    -- kept, a partition of other bounds) leaves the name to it: the new one takes another.
-    found := to_regclass(format('metrics_ingest.%I', name));
-    IF found IS NOT NULL THEN
-        IF pg_partition_root(found) = 'metrics_ingest.metrics'::regclass
-           AND NOT EXISTS (SELECT 1 FROM metrics_ingest.partitions() p
-                           WHERE p.partition = found
-                             AND NOT (p.lower <= ts AND ts < p.upper)) THEN
-            RETURN found;
-        END IF;
+    -- A relation of that name (a table a DBA detached and kept, a partition of other bounds,
+    -- a partition of a partition) leaves the name to it: the new one takes another.
+    IF to_regclass(format('metrics_ingest.%I', name)) IS NOT NULL THEN
         name := metrics_ingest.unused_name(name);
     END IF;
     EXECUTE format('CREATE TABLE metrics_ingest.%I (LIKE metrics_ingest.metrics '
@@ -135,12 +117,16 @@ $$;
 CREATE FUNCTION metrics_ingest.set_partition_interval(width interval)
 RETURNS interval
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- Whole hours, no part negative: '1 hour 0.5 seconds' named its partitions for a time
+    -- they did not start at, and '1 day -1 hour' was a 23-hour width (0.3.2 took both).
     IF date_part('month', width) <> 0 OR date_part('year', width) <> 0
+       OR date_part('day', width) < 0 OR width - date_trunc('day', width) < '0'
+       OR extract(epoch FROM width - date_trunc('day', width)) % 3600 <> 0
        OR width < '1 hour' OR width > '366 days' THEN
-        RAISE EXCEPTION 'metrics_ingest: partition interval must be between 1 hour and 366 days, in days and hours, not %', width
+        RAISE EXCEPTION 'metrics_ingest: partition interval must be between 1 hour and 366 days, in whole days and hours, not %', width
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'months vary in length; use days, e.g. ''7 days''';
     END IF;
@@ -183,7 +169,7 @@ $$;
 CREATE FUNCTION metrics_ingest.set_retention(keep interval)
 RETURNS interval
 LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF keep <= '0' THEN
@@ -201,7 +187,7 @@ $$;
 CREATE FUNCTION metrics_ingest.set_rejected_retention(keep interval)
 RETURNS interval
 LANGUAGE plpgsql VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF keep <= '0' THEN
@@ -223,7 +209,7 @@ $$;
 CREATE FUNCTION metrics_ingest.run_maintenance()
 RETURNS TABLE (action text, object text, detail text)
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET "TimeZone" = 'UTC'
 SET "DateStyle" = 'ISO'
 AS $$
@@ -242,9 +228,12 @@ BEGIN
     SELECT * INTO settings FROM metrics_ingest.settings;
     IF settings.retention IS NOT NULL THEN
         horizon := now() - settings.retention;
-        FOR p IN SELECT x.partition::text AS name, x.lower, x.upper
+        -- A foreign table a DBA attached is dropped as one (DROP TABLE refuses it: 0.3.2
+        -- failed the whole run), which leaves its remote rows where they are.
+        FOR p IN SELECT x.partition::text AS name, x.lower, x.upper,
+                        coalesce((SELECT c.relkind = 'f' FROM pg_class c WHERE c.oid = x.partition), false) AS foreign_table
                  FROM metrics_ingest.partitions() x WHERE x.upper <= horizon ORDER BY x.lower LOOP
-            EXECUTE format('DROP TABLE %s', p.name);
+            EXECUTE format('DROP %s %s', CASE WHEN p.foreign_table THEN 'FOREIGN TABLE' ELSE 'TABLE' END, p.name);
             action := 'dropped partition';
             object := p.name;
             detail := format('[%s, %s) is older than the retention horizon %s (retention %s)',

@@ -157,21 +157,34 @@ $$;
 -- Recomputes sessions and daily totals from metrics: after metrics was written other than
 -- through ingest_json and insert_metric (a DBA's UPDATE, DELETE or COPY), or to fill them
 -- after an upgrade. Days marked archived (raw rows dropped by retention) are kept as they
--- are, and rows of metrics on those days are not counted again. One statement per
--- relation, under one snapshot, so concurrent ingest stays exact.
+-- are, and rows of metrics on those days are not counted again; so are sessions that began
+-- before the oldest partition held (retention dropped rows of theirs: 0.3.2 deleted their
+-- summaries, or recounted them from the rows left). One statement per relation, under one
+-- snapshot, so concurrent ingest stays exact.
 CREATE FUNCTION metrics_ingest.rebuild_rollups()
 RETURNS TABLE (relation text, rows_written bigint)
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n bigint;
+    held_from timestamptz;
 BEGIN
     LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
-    WITH gone AS (DELETE FROM metrics_ingest.session_parts RETURNING 1),
+    held_from := (SELECT min(p.lower) FROM metrics_ingest.partitions() p);
+    WITH archived AS (
+        SELECT DISTINCT a.user_id, a.session_id FROM metrics_ingest.session_parts a
+        WHERE held_from IS NULL OR a.start_time < held_from),
+    gone AS (
+        DELETE FROM metrics_ingest.session_parts s
+        WHERE NOT EXISTS (SELECT 1 FROM archived a
+                          WHERE a.user_id = s.user_id AND a.session_id = s.session_id)
+        RETURNING 1),
     latest AS (
         SELECT m.user_id, m.session_id, max(m."timestamp") AS end_time
         FROM metrics_ingest.metrics m WHERE m.session_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM archived a
+                          WHERE a.user_id = m.user_id AND a.session_id = m.session_id)
         GROUP BY m.user_id, m.session_id),
     fresh AS (
         INSERT INTO metrics_ingest.session_parts
@@ -219,7 +232,7 @@ $$;
 CREATE FUNCTION metrics_ingest.forget_user(user_id text)
 RETURNS TABLE (relation text, removed bigint)
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
-SET search_path = pg_catalog, pg_temp
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     who ALIAS FOR $1;

@@ -23,4 +23,5 @@ version_1!(
     pg_finfo_ingest_json_jsonb_wrapper,
     pg_finfo_insert_metric_text_wrapper,
     pg_finfo_insert_metric_number_wrapper,
+    pg_finfo_partitions_wrapper,
 );

@@ -774,8 +774,11 @@ mod tests {
             1
         );
 
-        // A partition whose bounds start a fraction of a second past the hour keeps its name.
-        run("SELECT metrics_ingest.set_partition_interval('1 hour 0.5 seconds')");
+        // A partition whose bounds start a fraction of a second past the hour (attached
+        // by hand: set_partition_interval takes whole hours) keeps its name.
+        run("CREATE TABLE metrics_ingest.metrics_p20000101_010000 (LIKE metrics_ingest.metrics INCLUDING CONSTRAINTS)");
+        run("ALTER TABLE metrics_ingest.metrics ATTACH PARTITION metrics_ingest.metrics_p20000101_010000 \
+             FOR VALUES FROM ('2000-01-01 01:00:00.5+00') TO ('2000-01-01 02:00:00+00')");
         assert_eq!(
             verdicts(&event("f", "2000-01-01T01:30:00Z", "f1")),
             "inserted:1"
@@ -872,6 +875,128 @@ mod tests {
         assert_eq!(
             text("SELECT metrics_ingest.set_retention('1 mon 2 days 03:00')::text"),
             "1 mon 2 days 03:00:00"
+        );
+    }
+
+    /// Widths are whole hours with no negative part: '1 hour 0.5 seconds' named its
+    /// partitions for a time they did not start at, '1 day -1 hour' was 23 hours (0.3.2).
+    #[pg_test]
+    fn the_partition_interval_is_whole_hours_with_no_negative_part() {
+        settings_in_turn();
+        for (width, expected) in [
+            ("1 hour 0.5 seconds", "22023"),
+            ("1 hour 30 minutes", "22023"),
+            ("1 day -1 hour", "22023"),
+            ("-1 days 30 hours", "22023"),
+            ("1 mon", "22023"),
+            ("59 minutes", "22023"),
+            ("367 days", "22023"),
+            ("1 hour", "ok"),
+            ("25 hours", "ok"),
+            ("1 day 2 hours", "ok"),
+            ("366 days", "ok"),
+        ] {
+            assert_eq!(
+                sqlstate_of(&format!(
+                    "SELECT metrics_ingest.set_partition_interval('{width}')"
+                )),
+                expected,
+                "{width}"
+            );
+        }
+    }
+
+    /// A partition of a partition that carries the name a new partition would take
+    /// leaves the name to it (0.3.2 returned it as the new partition: 55000).
+    #[pg_test]
+    fn a_partition_of_a_partition_named_like_a_new_one_leaves_the_name_to_it() {
+        settings_in_turn();
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
+        run(
+            "CREATE TABLE metrics_ingest.sub2 (LIKE metrics_ingest.metrics INCLUDING CONSTRAINTS) \
+             PARTITION BY RANGE (\"timestamp\")",
+        );
+        run(
+            "CREATE TABLE metrics_ingest.metrics_p20250215 PARTITION OF metrics_ingest.sub2 \
+             FOR VALUES FROM ('2025-03-01') TO ('2025-03-10')",
+        );
+        run(
+            "ALTER TABLE metrics_ingest.metrics ATTACH PARTITION metrics_ingest.sub2 \
+             FOR VALUES FROM ('2025-03-01') TO ('2025-04-01')",
+        );
+        assert_eq!(
+            verdicts(&event("q", "2025-02-15T00:00:00Z", "q1")),
+            "inserted:1"
+        );
+        assert_eq!(
+            text("SELECT tableoid::regclass::text FROM metrics_ingest.metrics WHERE user_id = 'q'"),
+            "metrics_ingest.metrics_p20250215_2"
+        );
+    }
+
+    /// MINVALUE and MAXVALUE bounds are listed as -infinity and infinity, and
+    /// partition_for finds such a partition (0.3.2 listed NULL and failed with 42P17).
+    #[pg_test]
+    fn partitions_with_minvalue_or_maxvalue_bounds_are_listed_and_found() {
+        settings_in_turn();
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
+        run("CREATE TABLE metrics_ingest.old_days (LIKE metrics_ingest.metrics INCLUDING CONSTRAINTS)");
+        run(
+            "ALTER TABLE metrics_ingest.metrics ATTACH PARTITION metrics_ingest.old_days \
+             FOR VALUES FROM (MINVALUE) TO ('2010-01-01 00:00+00')",
+        );
+        run("CREATE TABLE metrics_ingest.late_days (LIKE metrics_ingest.metrics INCLUDING CONSTRAINTS)");
+        run(
+            "ALTER TABLE metrics_ingest.metrics ATTACH PARTITION metrics_ingest.late_days \
+             FOR VALUES FROM ('2090-01-01 00:00+00') TO (MAXVALUE)",
+        );
+        assert_eq!(
+            count(
+                "SELECT count(*) FROM metrics_ingest.partitions() \
+                   WHERE (partition = 'metrics_ingest.old_days'::regclass \
+                          AND lower = '-infinity' AND upper = '2010-01-01 00:00+00') \
+                      OR (partition = 'metrics_ingest.late_days'::regclass \
+                          AND lower = '2090-01-01 00:00+00' AND upper = 'infinity')"
+            ),
+            2
+        );
+        assert_eq!(
+            text("SELECT metrics_ingest.partition_for('2005-01-01 00:00+00')::text"),
+            "metrics_ingest.old_days"
+        );
+        assert_eq!(
+            text("SELECT metrics_ingest.partition_for('2095-01-01 00:00+00')::text"),
+            "metrics_ingest.late_days"
+        );
+        assert_eq!(
+            verdicts(&event("m", "2009-12-31T23:59:59Z", "m1")),
+            "inserted:1"
+        );
+    }
+
+    /// run_maintenance drops a foreign table past the horizon as a foreign table
+    /// (0.3.2 ran DROP TABLE, which refuses it, and failed every run).
+    #[pg_test]
+    fn maintenance_drops_an_old_foreign_table_partition() {
+        settings_in_turn();
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
+        run("CREATE EXTENSION IF NOT EXISTS postgres_fdw");
+        run("CREATE SERVER mi_test_remote FOREIGN DATA WRAPPER postgres_fdw OPTIONS (dbname 'nowhere')");
+        run("CREATE FOREIGN TABLE metrics_ingest.remote_2021 PARTITION OF metrics_ingest.metrics \
+             FOR VALUES FROM ('2021-01-01 00:00+00') TO ('2021-01-02 00:00+00') SERVER mi_test_remote");
+        assert_eq!(
+            verdicts(&event("r", "2024-08-12T01:00:00Z", "r1")),
+            "inserted:1"
+        );
+        run("SELECT metrics_ingest.set_retention('1 year')");
+        assert_eq!(
+            text("SELECT string_agg(object, ', ' ORDER BY object) FROM metrics_ingest.run_maintenance() \
+                  WHERE action = 'dropped partition'"),
+            "metrics_ingest.metrics_p20240812, metrics_ingest.remote_2021"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM pg_class WHERE relname = 'remote_2021'"),
+            0
         );
     }
 }

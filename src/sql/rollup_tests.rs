@@ -229,4 +229,90 @@ mod tests {
         run("SELECT count(*) FROM metrics_ingest.rebuild_rollups()");
         assert_exact("after rebuild_rollups");
     }
+
+    /// rebuild_rollups keeps the sessions that began before the oldest partition
+    /// held, as it keeps archived days: retention dropped rows of theirs (0.3.2
+    /// deleted one session's summary and recounted the other from its rows left).
+    #[pg_test]
+    fn rebuild_keeps_the_sessions_retention_dropped_rows_of() {
+        run("LOCK TABLE metrics_ingest.settings IN SHARE ROW EXCLUSIVE MODE");
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
+        let old = "(now() - interval '3 days')";
+        let recent = "(now() - interval '1 minute')";
+        let element = |time: &str, session: &str, seconds: u32| {
+            format!(
+                "json_build_object('timestamp', to_char({time} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                 'user_id', 'arch', 'session_id', '{session}', 'talked_time', {seconds})"
+            )
+        };
+        assert_eq!(
+            text(&format!(
+                "SELECT string_agg(status, ',') FROM metrics_ingest.ingest_json(json_build_array({}, {}, {}))",
+                element(old, "only_old", 1),
+                element(old, "spans", 2),
+                element(recent, "spans", 3)
+            )),
+            "inserted,inserted,inserted"
+        );
+        run("SELECT metrics_ingest.set_retention('2 days')");
+        run("SELECT count(*) FROM metrics_ingest.run_maintenance()");
+        let sessions = "SELECT string_agg(format('%s:%s', session_id, metric_count), ' ' ORDER BY session_id) \
+                        FROM metrics_ingest.sessions WHERE user_id = 'arch'";
+        assert_eq!(text(sessions), "only_old:1 spans:2");
+        run("SELECT count(*) FROM metrics_ingest.rebuild_rollups()");
+        assert_eq!(text(sessions), "only_old:1 spans:2");
+        assert_eq!(
+            count(&format!(
+                "SELECT count(*) FROM metrics_ingest.sessions WHERE user_id = 'arch' \
+                 AND session_id = 'spans' AND start_time < {recent} - interval '1 day'"
+            )),
+            1
+        );
+    }
+
+    /// The upkeep and erasure functions run as their owner: a role granted
+    /// EXECUTE (and the schema's USAGE), as the README shows, needs no privilege
+    /// on the tables (0.3.2 ran them with the caller's privileges: 42501).
+    #[pg_test]
+    fn a_role_granted_forget_user_or_run_maintenance_can_run_them() {
+        run("LOCK TABLE metrics_ingest.settings IN SHARE ROW EXCLUSIVE MODE");
+        assert_eq!(
+            verdicts(
+                r#"{"user_id":"gone","timestamp":"2024-08-12T01:00:00Z","talked_time":1,"name":"G","email":"g@x"}"#
+            ),
+            "inserted:1"
+        );
+        run("CREATE ROLE mi_test_officer NOLOGIN");
+        run("GRANT USAGE ON SCHEMA metrics_ingest TO mi_test_officer");
+        for function in [
+            "forget_user(text)",
+            "run_maintenance()",
+            "rebuild_rollups()",
+            "set_retention(interval)",
+            "set_rejected_retention(interval)",
+            "set_partition_interval(interval)",
+        ] {
+            run(&format!(
+                "GRANT EXECUTE ON FUNCTION metrics_ingest.{function} TO mi_test_officer"
+            ));
+        }
+        run("SET LOCAL ROLE mi_test_officer");
+        assert_eq!(
+            text(
+                "SELECT string_agg(format('%s:%s', relation, removed), ' ' ORDER BY relation) \
+                  FROM metrics_ingest.forget_user('gone')"
+            ),
+            "daily_totals:1 metrics:1 rejected:0 sessions:0 users:1"
+        );
+        run("SELECT metrics_ingest.set_retention(NULL)");
+        run("SELECT metrics_ingest.set_partition_interval('1 day')");
+        run("SELECT metrics_ingest.set_rejected_retention('30 days')");
+        run("SELECT count(*) FROM metrics_ingest.run_maintenance()");
+        run("SELECT count(*) FROM metrics_ingest.rebuild_rollups()");
+        run("RESET ROLE");
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.metrics WHERE user_id = 'gone'"),
+            0
+        );
+    }
 }

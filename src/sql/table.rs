@@ -432,6 +432,53 @@ pub unsafe fn cached_routes(rel: pg_sys::Relation) -> Rc<Vec<Route>> {
     routes
 }
 
+/// `metrics_ingest.partitions()`: every partition of metrics with its range,
+/// from the partition descriptor, after taking in the invalidations other
+/// sessions' commits sent. A query of the catalog would read it under the
+/// transaction's snapshot: under REPEATABLE READ it missed partitions made
+/// since, and partition_for then made one overlapping them (0.3.2). MINVALUE
+/// and MAXVALUE bounds are -infinity and infinity (timestamptz's own). No rows
+/// if metrics is missing or not partitioned.
+#[pg_guard]
+#[no_mangle]
+pub unsafe extern "C-unwind" fn partitions_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: called by fmgr as a set-returning function in materialize mode;
+    // metrics is opened with ACCESS SHARE only while its descriptor is read,
+    // and the tuplestore copies each row's by-value datums.
+    unsafe {
+        pg_sys::InitMaterializedSRF(fcinfo, 0);
+        let result_info = (*fcinfo).resultinfo as *mut pg_sys::ReturnSetInfo;
+        let (store, descriptor) = ((*result_info).setResult, (*result_info).setDesc);
+        let relid = extension_relation(c"metrics");
+        if relid == pg_sys::InvalidOid {
+            return pg_sys::Datum::from(0);
+        }
+        pg_sys::AcceptInvalidationMessages();
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let partitioned =
+            (*(*rel).rd_rel).relkind == pg_sys::RELKIND_PARTITIONED_TABLE as std::ffi::c_char;
+        let all = if partitioned { routes(rel) } else { Vec::new() };
+        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        for r in all {
+            let mut values = [
+                pg_sys::Datum::from(r.relid),
+                pg_sys::Datum::from(r.lower),
+                pg_sys::Datum::from(r.upper),
+            ];
+            let mut nulls = [false; 3];
+            pg_sys::tuplestore_putvalues(
+                store,
+                descriptor,
+                values.as_mut_ptr(),
+                nulls.as_mut_ptr(),
+            );
+        }
+        pg_sys::Datum::from(0)
+    }
+}
+
 /// The partition holding `pg_us` (microseconds since 2000-01-01), if any.
 pub fn route(routes: &[Route], pg_us: i64) -> Option<pg_sys::Oid> {
     let after = routes.partition_point(|r| r.lower <= pg_us);

@@ -81,7 +81,9 @@ mod tests {
             // keys and indexes live on each partition (see sql/schema.sql), none yet
             ("SELECT count(*) FROM pg_indexes WHERE schemaname = 'metrics_ingest' AND tablename = 'metrics'", 0),
             ("SELECT count(*) FROM pg_roles WHERE rolname IN ('metrics_ingest_writer', 'metrics_ingest_reader', 'metrics_ingest_pii_reader')", 3),
-            ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace AND prosecdef", 6),
+            // ingest_json (3), insert_metric (2), partition_for; since 0.3.3 forget_user,
+            // rebuild_rollups, run_maintenance and the three set_* functions
+            ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace AND prosecdef", 12),
             // the seven tables and both identity sequences are kept by pg_dump
             ("SELECT cardinality(extconfig)::bigint FROM pg_extension WHERE extname = 'metrics_ingest'", 9),
             ("SELECT count(*) FROM pg_proc WHERE pronamespace = 'metrics_ingest'::regnamespace \

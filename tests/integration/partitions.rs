@@ -21,6 +21,56 @@ fn partitions(client: &mut Client) -> Vec<String> {
     )
 }
 
+/// A REPEATABLE READ transaction whose snapshot predates a partition (and a
+/// change of width) still routes to it and makes the next one beside it: 0.3.2
+/// read the partitions under that snapshot, made one overlapping the newer one
+/// and failed the call (42P17).
+#[test]
+fn a_repeatable_read_call_sees_partitions_made_after_its_snapshot() {
+    let db = TestDb::new("partition_rr");
+    let mut a = db.connect();
+    let mut b = db.connect();
+    b.batch_execute(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM metrics_ingest.settings",
+    )
+    .expect("snapshot");
+    a.batch_execute("SELECT metrics_ingest.set_partition_interval('1 hour')")
+        .expect("width");
+    let made = ingest(
+        &mut a,
+        &format!("[{}]", event("rr", "2028-02-02T01:30:00Z", "a")),
+    );
+    assert_eq!(made[0].status, "inserted");
+    let later = ingest(
+        &mut b,
+        &format!(
+            "[{}, {}]",
+            event("rr", "2028-02-02T01:45:00Z", "b"),
+            event("rr", "2028-02-02T05:00:00Z", "c")
+        ),
+    );
+    assert_eq!(
+        later.iter().map(|o| o.status.as_str()).collect::<Vec<_>>(),
+        ["inserted", "inserted"]
+    );
+    b.batch_execute("COMMIT").expect("commit");
+    assert_eq!(
+        texts(
+            &mut a,
+            "SELECT format('%s %s %s', partition, lower AT TIME ZONE 'UTC', upper AT TIME ZONE 'UTC') \
+             FROM metrics_ingest.partitions() ORDER BY lower"
+        ),
+        [
+            "metrics_ingest.metrics_p20280202_010000 2028-02-02 01:00:00 2028-02-02 02:00:00",
+            "metrics_ingest.metrics_p20280202_020000 2028-02-02 02:00:00 2028-02-03 00:00:00",
+        ]
+    );
+    assert_eq!(
+        count(&mut a, "SELECT count(*) FROM metrics_ingest.metrics"),
+        3
+    );
+}
+
 #[test]
 fn sessions_needing_the_same_new_partition_at_once_both_succeed() {
     let db = TestDb::new("partition_race");
