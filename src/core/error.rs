@@ -31,6 +31,10 @@ pub enum RejectionKind {
     BadJson,
     /// A documented length limit was exceeded.
     TooLong,
+    /// A CHECK constraint a DBA added to the table refused the row.
+    CheckViolation,
+    /// A column a DBA made NOT NULL got no value.
+    NotNullViolation,
 }
 
 impl RejectionKind {
@@ -45,6 +49,8 @@ impl RejectionKind {
             RejectionKind::Untranslatable => "22P05", // untranslatable_character
             RejectionKind::BadJson => "22030", // duplicate_json_object_key_value / invalid json
             RejectionKind::TooLong => "22001", // string_data_right_truncation
+            RejectionKind::CheckViolation => "23514", // check_violation
+            RejectionKind::NotNullViolation => "23502", // not_null_violation
         }
     }
 }

@@ -5,8 +5,9 @@
 //! buffered, and written with `table_multi_insert` plus index maintenance, as
 //! COPY's multi-insert buffers do. Column defaults (the identity, `ingested_at`,
 //! any column a DBA added) are the partitioned table's, evaluated as INSERT
-//! through it would; NOT NULL and CHECK constraints are enforced with
-//! `ExecConstraints`. Rows reach a leaf only after the writer routed them by
+//! through it would; NOT NULL and CHECK constraints are evaluated as
+//! `ExecConstraints` evaluates them, and a row one of them refuses makes its
+//! element rejected (23502, 23514) rather than ending the call. Rows reach a leaf only after the writer routed them by
 //! the partition bounds, so they always lie inside the leaf's range.
 //!
 //! Idempotency: a flush holding rows with an event_id runs in a subtransaction
@@ -30,6 +31,7 @@
 //! definition: during REINDEX CONCURRENTLY the new copy is one of them, as it
 //! is for INSERT ... ON CONFLICT.
 
+use std::ffi::CStr;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::ptr::null_mut;
 use std::rc::Rc;
@@ -43,6 +45,7 @@ use super::pg_compat;
 use super::sink::{LateRepeat, Repeat, Sink, Stored};
 use super::table::{self, LeafLayout, TableShape};
 use crate::core::element::{Context, Measurement, ValidElement};
+use crate::core::error::{Rejection, RejectionKind};
 
 /// Rows per multi-insert, as COPY's MAX_BUFFERED_TUPLES.
 pub const MAX_BUFFERED: usize = 1000;
@@ -201,14 +204,15 @@ impl DirectLeaf {
     }
 
     /// Fills `slot` with one row: supplied values, then defaults; then checks
-    /// NOT NULL and CHECK constraints as INSERT would.
+    /// NOT NULL and CHECK constraints as INSERT would, returning the first one
+    /// the row breaks as its element's rejection.
     unsafe fn fill(
         &mut self,
         slot: *mut pg_sys::TupleTableSlot,
         context: &Context,
         measurement: &Measurement,
         attributes: Option<pg_sys::Datum>,
-    ) {
+    ) -> Result<(), Rejection> {
         // SAFETY: the slot belongs to this relation, so its value and null arrays
         // hold `natts` entries; every attribute index comes from its layout.
         unsafe {
@@ -240,9 +244,73 @@ impl DirectLeaf {
             });
             pg_sys::ExecStoreVirtualTuple(slot);
             if self.has_constraints {
-                pg_sys::ExecConstraints(self.rri, slot, self.estate);
+                let broken = self.broken_constraint(slot);
                 reset_if_used((*self.econtext).ecxt_per_tuple_memory);
+                if let Some(rejection) = broken {
+                    pg_sys::ExecClearTuple(slot);
+                    return Err(rejection);
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// The first NOT NULL, then CHECK, constraint the row in `slot` breaks, in
+    /// ExecConstraints' order and by its rules (a CHECK that is NULL passes),
+    /// as a rejection instead of an error: one element a DBA's constraint
+    /// refuses must not sink its batch. An error raised while evaluating a
+    /// CHECK (a division by zero in it) still ends the call, as in INSERT.
+    unsafe fn broken_constraint(&mut self, slot: *mut pg_sys::TupleTableSlot) -> Option<Rejection> {
+        // SAFETY: the relation is open and its descriptor has a constraint
+        // record (has_constraints); the slot holds a virtual row of it, whose
+        // null flags are set for every attribute; the check states, when set,
+        // are one per `constr->check`, built in `open`.
+        unsafe {
+            let descriptor = (*self.rel).rd_att;
+            let constraints = (*descriptor).constr;
+            let relation =
+                CStr::from_ptr((*(*self.rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
+            if (*constraints).has_not_null {
+                for i in 0..self.layout.natts {
+                    let attribute = pg_compat::tuple_desc_attr(descriptor, i);
+                    if (*attribute).attnotnull
+                        && !(*attribute).attisdropped
+                        && *(*slot).tts_isnull.add(i)
+                    {
+                        let column =
+                            CStr::from_ptr((*attribute).attname.data.as_ptr()).to_string_lossy();
+                        return Some(Rejection::new(
+                            RejectionKind::NotNullViolation,
+                            column.as_ref(),
+                            format!("is missing, and column \"{column}\" of relation \"{relation}\" is NOT NULL"),
+                        ));
+                    }
+                }
+            }
+            let checks = usize::from((*constraints).num_check);
+            if checks == 0 {
+                return None;
+            }
+            let states = pg_compat::check_constraint_exprs(self.rri);
+            if states.is_null() {
+                // Not planned in `open` (see there): ExecConstraints builds them
+                // itself, and raises for a row they refuse.
+                pg_sys::ExecConstraints(self.rri, slot, self.estate);
+                return None;
+            }
+            (*self.econtext).ecxt_scantuple = slot;
+            for i in 0..checks {
+                if !pg_sys::ExecCheck(*states.add(i), self.econtext) {
+                    let name =
+                        CStr::from_ptr((*(*constraints).check.add(i)).ccname).to_string_lossy();
+                    return Some(Rejection::new(
+                        RejectionKind::CheckViolation,
+                        "element",
+                        format!("new row for relation \"{relation}\" violates check constraint \"{name}\""),
+                    ));
+                }
+            }
+            None
         }
     }
 
@@ -565,19 +633,20 @@ impl DirectLeaf {
         }
     }
 
-    /// One row, written at once (insert_metric): None if stored, else what it repeats.
+    /// One row, written at once (insert_metric): None if stored, else what it
+    /// repeats; or what refused it.
     fn insert_now(
         &mut self,
         context: &Context,
         measurement: &Measurement,
         attributes: Option<pg_sys::Datum>,
-    ) -> Option<Repeat> {
+    ) -> Result<Option<Repeat>, Rejection> {
         let slot = self.slot(0);
         // SAFETY: slot 0 belongs to this relation; it is cleared and the batch
-        // memory reset once the row is written.
+        // memory reset once the row is written (or refused).
         unsafe {
-            self.fill(slot, context, measurement, attributes);
-            let repeat = self.insert_one(slot);
+            let filled = self.fill(slot, context, measurement, attributes);
+            let repeat = filled.map(|()| self.insert_one(slot));
             pg_sys::ExecClearTuple(slot);
             pg_sys::MemoryContextReset(self.batch_context.value());
             repeat
@@ -586,7 +655,7 @@ impl DirectLeaf {
 }
 
 impl Sink for DirectLeaf {
-    fn put(&mut self, ordinal: usize, element: &ValidElement) -> Stored {
+    fn put(&mut self, ordinal: usize, element: &ValidElement) -> Result<Stored, Rejection> {
         // No flush may happen in the middle of an element: a flush frees the
         // values built for it. (The same event twice in one buffer needs nothing
         // here: the flush meets the conflict and redoes its rows.)
@@ -614,9 +683,10 @@ impl Sink for DirectLeaf {
         });
         let mut stored = Stored::default();
         let has_event = element.context.event_id.is_some();
+        let first = self.buffered();
         for (measurement, values) in element.measurements.iter().enumerate() {
             if !self.bulk {
-                match self.insert_now(&element.context, values, attributes) {
+                match self.insert_now(&element.context, values, attributes)? {
                     None => stored.inserted += 1,
                     Some(repeat) => stored.repeat(measurement, repeat),
                 }
@@ -625,7 +695,17 @@ impl Sink for DirectLeaf {
             let slot = self.slot(self.buffered());
             // SAFETY: the slot is the next free one of this relation's buffer.
             unsafe {
-                self.fill(slot, &element.context, values, attributes);
+                if let Err(rejection) = self.fill(slot, &element.context, values, attributes) {
+                    // None of the element is stored: its rows buffered so far go.
+                    for &slot in &self.slots[first..self.buffered()] {
+                        pg_sys::ExecClearTuple(slot);
+                    }
+                    if has_event {
+                        self.buffered_events -= self.buffered() - first;
+                    }
+                    self.buffered_rows.truncate(first);
+                    return Err(rejection);
+                }
                 if has_event && self.probe_first {
                     if let Some(repeat) = self.repeat_of(slot) {
                         pg_sys::ExecClearTuple(slot);
@@ -640,7 +720,7 @@ impl Sink for DirectLeaf {
             self.buffered_rows.push((ordinal, measurement));
             stored.inserted += 1;
         }
-        stored
+        Ok(stored)
     }
 
     fn finish(mut self: Box<Self>) -> Vec<LateRepeat> {

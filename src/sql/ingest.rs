@@ -194,11 +194,11 @@ fn attempt(
             // This attempt is rolled back and made again: the rest is read only.
             return;
         }
-        let validated = validate_read(raw, read, &registry)
-            .and_then(|element| writer.check_retention(&element).map(|()| element));
-        match validated {
-            Ok(element) => {
-                let stored = writer.store(ordinal, &element);
+        let stored = validate_read(raw, read, &registry)
+            .and_then(|element| writer.check_retention(&element).map(|()| element))
+            .and_then(|element| writer.store(ordinal, &element));
+        match stored {
+            Ok(stored) => {
                 let status = if stored.conflict.is_some() {
                     Status::Conflict
                 } else if stored.inserted > 0 {

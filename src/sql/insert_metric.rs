@@ -71,7 +71,9 @@ unsafe fn insert(fcinfo: pg_sys::FunctionCallInfo, metric_value: CallValue<'_>) 
     if let Err(rejection) = writer.check_retention(&element) {
         raise_rejection(&rejection, None);
     }
-    let stored = writer.store(1, &element);
+    let stored = writer
+        .store(1, &element)
+        .unwrap_or_else(|rejection| raise_rejection(&rejection, None));
     if writer.finish().is_err() {
         raise_internal("insert_metric", "gave way without a subtransaction");
     }

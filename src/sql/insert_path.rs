@@ -25,6 +25,7 @@ use super::datum::{jsonb_datum, supplied_values, Column, SUPPLIED};
 use super::errors::raise_internal;
 use super::sink::{LateRepeat, Repeat, Sink, Stored};
 use crate::core::element::ValidElement;
+use crate::core::error::Rejection;
 
 /// The INSERT of one metric row; `$suffix` ends the statement.
 macro_rules! insert_metric {
@@ -80,8 +81,10 @@ impl InsertPath {
     }
 }
 
-impl Sink for InsertPath {
-    fn put(&mut self, _ordinal: usize, element: &ValidElement) -> Stored {
+impl InsertPath {
+    /// One element's rows through INSERT, each in its own statement; a
+    /// constraint, trigger or rule error ends the call, as it would end an INSERT.
+    pub fn insert(&mut self, element: &ValidElement) -> Stored {
         let has_event = element.context.event_id.is_some();
         let plan = match (has_event, self.rules) {
             (true, false) => kept_plan(&EVENT_PLAN, INSERT_EVENT, &parameter_types()),
@@ -134,6 +137,12 @@ impl Sink for InsertPath {
             pg_sys::MemoryContextReset(self.row_memory.value());
         }
         stored
+    }
+}
+
+impl Sink for InsertPath {
+    fn put(&mut self, _ordinal: usize, element: &ValidElement) -> Result<Stored, Rejection> {
+        Ok(self.insert(element))
     }
 
     fn finish(self: Box<Self>) -> Vec<LateRepeat> {

@@ -999,4 +999,66 @@ mod tests {
             0
         );
     }
+
+    /// A NOT NULL or CHECK constraint a DBA adds refuses the elements it refuses,
+    /// kept in `rejected` with 23502 or 23514, and the rest of the batch is stored
+    /// (0.3.2's fast path raised it and failed the whole call). Nothing of a
+    /// refused wide element is stored, and the rollups do not count it.
+    #[pg_test]
+    fn a_constraint_a_dba_adds_rejects_only_the_elements_it_refuses() {
+        settings_in_turn();
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
+        run("ALTER TABLE metrics_ingest.metrics ALTER COLUMN device_id SET NOT NULL");
+        run("ALTER TABLE metrics_ingest.metrics ADD CONSTRAINT dba_check CHECK (metric_value <> 13)");
+        let payload = r#"[
+            {"user_id":"k","timestamp":"2036-01-01T01:00:00Z","device_id":"d","talked_time":5,"event_id":"k1"},
+            {"user_id":"k","timestamp":"2036-01-01T01:01:00Z","device_id":"d","talked_time":13,"event_id":"k2"},
+            {"user_id":"k","timestamp":"2036-01-01T01:02:00Z","device_id":"d","speaker_used":true,"talked_time":13,"event_id":"k3"},
+            {"user_id":"k","timestamp":"2036-01-01T01:03:00Z","talked_time":7,"event_id":"k4"},
+            {"user_id":"k","timestamp":"2036-01-01T01:04:00Z","device_id":"d","talked_time":8,"event_id":"k5"}
+        ]"#;
+        assert_eq!(
+            verdicts(payload),
+            "inserted:1,rejected:0:element,rejected:0:element,rejected:0:device_id,inserted:1"
+        );
+        assert_eq!(
+            text("SELECT string_agg(metric_value::text, ',' ORDER BY \"timestamp\") FROM metrics_ingest.metrics"),
+            "5,8"
+        );
+        assert_eq!(
+            text("SELECT string_agg(concat_ws(' ', ordinal, sqlstate, error), ' | ' ORDER BY ordinal) \
+                  FROM metrics_ingest.rejected"),
+            "2 23514 new row for relation \"metrics_p20360101\" violates check constraint \"dba_check\" | \
+             3 23514 new row for relation \"metrics_p20360101\" violates check constraint \"dba_check\" | \
+             4 23502 is missing, and column \"device_id\" of relation \"metrics_p20360101\" is NOT NULL"
+        );
+        assert_eq!(
+            text("SELECT concat_ws(' ', samples, total) FROM metrics_ingest.daily_totals"),
+            "2 13"
+        );
+        // A resend: the stored ones are duplicates, the refused ones refused again.
+        assert_eq!(
+            verdicts(payload),
+            "duplicate:0,rejected:0:element,rejected:0:element,rejected:0:device_id,duplicate:0"
+        );
+        assert_eq!(
+            sqlstate_of(&format!(
+                "SELECT count(*) FROM metrics_ingest.ingest_json({}, on_error => 'stop')",
+                pgrx::spi::quote_literal(payload)
+            )),
+            "23514"
+        );
+        assert_eq!(
+            sqlstate_of(
+                "CALL metrics_ingest.insert_metric('2036-01-01 02:00+00', 'k', NULL, 'talked_time', 13, 'd')"
+            ),
+            "23514"
+        );
+        assert_eq!(
+            sqlstate_of(
+                "CALL metrics_ingest.insert_metric('2036-01-01 02:00+00', 'k', NULL, 'talked_time', 12)"
+            ),
+            "23502"
+        );
+    }
 }

@@ -153,6 +153,21 @@ pub unsafe fn set_check_constraint_exprs(
     }
 }
 
+/// The planned CHECK constraint expressions of `rri` (NULL until someone
+/// sets or builds them).
+///
+/// # Safety
+/// `rri` is a valid result relation.
+pub unsafe fn check_constraint_exprs(
+    rri: *mut pg_sys::ResultRelInfo,
+) -> *mut *mut pg_sys::ExprState {
+    #[cfg(any(feature = "pg15", feature = "pg16", feature = "pg17"))]
+    return (*rri).ri_ConstraintExprs;
+
+    #[cfg(feature = "pg18")]
+    return (*rri).ri_CheckConstraintExprs;
+}
+
 /// Ends what index access methods cache between the index insertions of
 /// `rri` (`index_insert_cleanup` on each open index), as `ExecCloseIndices`
 /// does. From 17 on, BRIN keeps its range map's buffers pinned between

@@ -18,6 +18,7 @@ use super::errors::raise_internal;
 use super::insert_path::{kept_plan, InsertPath};
 use super::sink::{LateRepeat, Repeat, Sink, Stored};
 use crate::core::element::{Context, Measurement, ValidElement};
+use crate::core::error::Rejection;
 
 /// Rows per statement.
 const MAX_BUFFERED: usize = 1000;
@@ -95,7 +96,7 @@ impl SetwiseInsert {
                 context: row.context,
                 measurements: vec![row.measurement],
             };
-            let fate = self.row_wise.put(row.ordinal, &single);
+            let fate = self.row_wise.insert(&single);
             let repeat = if let Some(column) = fate.conflict {
                 Some(Repeat::Conflict(column))
             } else if fate.duplicate > 0 {
@@ -202,7 +203,7 @@ fn timestamp_text(unix_us: i64) -> String {
 }
 
 impl Sink for SetwiseInsert {
-    fn put(&mut self, ordinal: usize, element: &ValidElement) -> Stored {
+    fn put(&mut self, ordinal: usize, element: &ValidElement) -> Result<Stored, Rejection> {
         if self.rows.len() + element.measurements.len() > MAX_BUFFERED {
             self.flush();
         }
@@ -214,10 +215,10 @@ impl Sink for SetwiseInsert {
                 measurement: measurement.clone(),
             });
         }
-        Stored {
+        Ok(Stored {
             inserted: element.measurements.len() as u32,
             ..Stored::default()
-        }
+        })
     }
 
     fn finish(mut self: Box<Self>) -> Vec<LateRepeat> {

@@ -4,6 +4,7 @@
 
 use super::datum::Column;
 use crate::core::element::ValidElement;
+use crate::core::error::Rejection;
 
 /// What became of one row whose event key was already stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +60,12 @@ pub struct LateRepeat {
 }
 
 pub trait Sink {
-    /// Stores every row of one element, or buffers them for a later flush.
-    fn put(&mut self, ordinal: usize, element: &ValidElement) -> Stored;
+    /// Stores every row of one element, or buffers them for a later flush; or
+    /// refuses the whole element, storing none of its rows, when a constraint
+    /// of the table refuses one of them (the fast path checks NOT NULL and
+    /// CHECK constraints as it builds each row; the INSERT path lets the
+    /// INSERT raise, as it raises anything else a DBA's trigger or rule does).
+    fn put(&mut self, ordinal: usize, element: &ValidElement) -> Result<Stored, Rejection>;
 
     /// Writes whatever is buffered and releases the sink. Returns the buffered
     /// rows that turned out, when written, to be a repeat after all (the same

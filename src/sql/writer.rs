@@ -155,12 +155,14 @@ impl Writer {
         }
     }
 
-    /// Stores an element's rows (or buffers them for a later flush).
-    pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> Stored {
+    /// Stores an element's rows (or buffers them for a later flush), or
+    /// refuses the element when a constraint of the table refuses one of them
+    /// (nothing of it is stored then, and the rollups do not count it).
+    pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> Result<Stored, Rejection> {
         let relid = if self.table.partitioned {
             match self.partition_for(element.context.unix_us - PG_EPOCH_OFFSET_US) {
                 Some(relid) => relid,
-                None => return Stored::default(),
+                None => return Ok(Stored::default()),
             }
         } else {
             self.table.relid
@@ -184,13 +186,14 @@ impl Writer {
                 stored
             }
         };
+        let stored = stored?;
         if let Some(rollup) = self.rollup.as_mut() {
             rollup.add(ordinal, element);
             for &(measurement, refused) in &stored.not_stored {
                 rollup.not_stored(ordinal, measurement, refused);
             }
         }
-        stored
+        Ok(stored)
     }
 
     /// SPI returns to its procedure context after each call; this call's own
