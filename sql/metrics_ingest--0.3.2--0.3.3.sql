@@ -14,6 +14,10 @@
 --   TABLE failed the whole run, every run).
 -- - rebuild_rollups keeps the summaries of sessions that began before the oldest partition
 --   held, as it keeps archived days (it deleted them, or recounted them from the rows left).
+-- - Rows stored for an archived day after a retention was lengthened are counted in daily
+--   parts of their own: compact_rollups no longer folds them into the archived part, and
+--   forget_user and rebuild_rollups recompute them (forget_user left an erased user's values
+--   there, rebuild_rollups left such rows out).
 -- - forget_user, rebuild_rollups, run_maintenance and the set_* functions are SECURITY
 --   DEFINER (with the pinned search_path they had), so that a role granted EXECUTE, as the
 --   README shows, can run them without privileges on the tables.
@@ -22,7 +26,6 @@ CREATE OR REPLACE FUNCTION metrics_ingest.partitions()
 RETURNS TABLE (partition regclass, lower timestamptz, upper timestamptz)
 LANGUAGE c STABLE STRICT PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'partitions_wrapper';
-
 
 CREATE OR REPLACE FUNCTION metrics_ingest.partition_for(ts timestamptz)
 RETURNS regclass
@@ -215,6 +218,65 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION metrics_ingest.compact_rollups()
+RETURNS TABLE (action text, object text, detail text)
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+    m bigint;
+BEGIN
+    -- One compaction, rebuild or forget_user at a time (they would count a row twice): the
+    -- rollups' lock is SHARE UPDATE EXCLUSIVE on metric_types, which neither ingest (it only
+    -- reads metric_types) nor registering a type conflicts with, and which a role without
+    -- privileges on it cannot take (0.3.0 and 0.3.1 used an advisory lock any role could hold).
+    LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
+    WITH fresh AS (
+        SELECT DISTINCT f.user_id, f.session_id FROM metrics_ingest.session_parts f
+        WHERE NOT f.compacted),
+    gone AS (
+        DELETE FROM metrics_ingest.session_parts s USING fresh f
+        WHERE s.user_id = f.user_id AND s.session_id = f.session_id
+        RETURNING s.*),
+    folded AS (
+        INSERT INTO metrics_ingest.session_parts
+        SELECT g.user_id, g.session_id, min(g.start_time), max(g.end_time), sum(g.metric_count),
+               (array_agg(g.device_id ORDER BY g.end_time DESC, g.device_id COLLATE "C" DESC NULLS LAST))[1],
+               (array_agg(g.app_version ORDER BY g.end_time DESC, g.app_version COLLATE "C" DESC NULLS LAST))[1],
+               (array_agg(g.platform ORDER BY g.end_time DESC, g.platform COLLATE "C" DESC NULLS LAST))[1],
+               (array_agg(g.location ORDER BY g.end_time DESC, g.location COLLATE "C" DESC NULLS LAST))[1],
+               true
+        FROM gone g GROUP BY g.user_id, g.session_id
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM folded) INTO n, m;
+    action := 'compacted sessions';
+    object := 'metrics_ingest.session_parts';
+    detail := format('%s delta rows folded into %s', n, m);
+    RETURN NEXT;
+
+    -- Archived and held parts of a day fold apart: rows stored for an archived day later (a
+    -- retention lengthened) stay held rows' parts, which forget_user and rebuild_rollups
+    -- recompute (0.3.2 folded them into the archive, where forget_user left them).
+    WITH gone AS (
+        DELETE FROM metrics_ingest.daily_parts d
+        WHERE (d.day, d.metric_type, d.archived) IN (
+            SELECT x.day, x.metric_type, x.archived FROM metrics_ingest.daily_parts x
+            GROUP BY x.day, x.metric_type, x.archived HAVING count(*) > 1)
+        RETURNING d.*),
+    folded AS (
+        INSERT INTO metrics_ingest.daily_parts
+        SELECT g.day, g.metric_type, sum(g.samples), sum(g.total), min(g.min), max(g.max), g.archived
+        FROM gone g GROUP BY g.day, g.metric_type, g.archived
+        RETURNING 1)
+    SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM folded) INTO n, m;
+    action := 'compacted daily totals';
+    object := 'metrics_ingest.daily_parts';
+    detail := format('%s delta rows folded into %s', n, m);
+    RETURN NEXT;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION metrics_ingest.rebuild_rollups()
 RETURNS TABLE (relation text, rows_written bigint)
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
@@ -257,18 +319,16 @@ BEGIN
     rows_written := n;
     RETURN NEXT;
 
-    WITH archived AS (
-        SELECT DISTINCT a.day FROM metrics_ingest.daily_parts a WHERE a.archived),
-    gone AS (
-        DELETE FROM metrics_ingest.daily_parts d
-        WHERE NOT d.archived AND d.day NOT IN (SELECT day FROM archived)
+    -- Archived parts stand for rows no longer held; every other part counts held rows (on an
+    -- archived day too: rows stored for it after a retention was lengthened).
+    WITH gone AS (
+        DELETE FROM metrics_ingest.daily_parts d WHERE NOT d.archived
         RETURNING 1),
     fresh AS (
         INSERT INTO metrics_ingest.daily_parts (day, metric_type, samples, total, min, max)
         SELECT (m."timestamp" AT TIME ZONE 'UTC')::date, m.metric_type, count(*),
                sum(m.metric_value), min(m.metric_value), max(m.metric_value)
         FROM metrics_ingest.metrics m
-        WHERE (m."timestamp" AT TIME ZONE 'UTC')::date NOT IN (SELECT day FROM archived)
         GROUP BY 1, 2
         RETURNING 1)
     SELECT count(*) INTO n FROM fresh;
@@ -317,13 +377,14 @@ BEGIN
 
     -- One statement, one snapshot: the delta rows it deletes and the metrics it sums are
     -- those of the same committed calls; a call still running adds its delta afterwards.
+    -- Archived parts (rows retention dropped) are left as they are: an anonymous aggregate.
+    -- The other parts count held rows, also on an archived day (rows stored for it after a
+    -- retention was lengthened: 0.3.2 left the erased user's values there).
     WITH pairs AS (
-        SELECT x.day, x.metric_type FROM ROWS FROM (unnest(days), unnest(types)) AS x(day, metric_type)
-        WHERE NOT EXISTS (SELECT 1 FROM metrics_ingest.daily_parts a
-                          WHERE a.day = x.day AND a.metric_type = x.metric_type AND a.archived)),
+        SELECT x.day, x.metric_type FROM ROWS FROM (unnest(days), unnest(types)) AS x(day, metric_type)),
     gone AS (
         DELETE FROM metrics_ingest.daily_parts d USING pairs p
-        WHERE d.day = p.day AND d.metric_type = p.metric_type
+        WHERE d.day = p.day AND d.metric_type = p.metric_type AND NOT d.archived
         RETURNING 1),
     fresh AS (
         INSERT INTO metrics_ingest.daily_parts (day, metric_type, samples, total, min, max)

@@ -135,16 +135,19 @@ BEGIN
     detail := format('%s delta rows folded into %s', n, m);
     RETURN NEXT;
 
+    -- Archived and held parts of a day fold apart: rows stored for an archived day later (a
+    -- retention lengthened) stay held rows' parts, which forget_user and rebuild_rollups
+    -- recompute (0.3.2 folded them into the archive, where forget_user left them).
     WITH gone AS (
         DELETE FROM metrics_ingest.daily_parts d
-        WHERE (d.day, d.metric_type) IN (
-            SELECT x.day, x.metric_type FROM metrics_ingest.daily_parts x
-            GROUP BY x.day, x.metric_type HAVING count(*) > 1)
+        WHERE (d.day, d.metric_type, d.archived) IN (
+            SELECT x.day, x.metric_type, x.archived FROM metrics_ingest.daily_parts x
+            GROUP BY x.day, x.metric_type, x.archived HAVING count(*) > 1)
         RETURNING d.*),
     folded AS (
         INSERT INTO metrics_ingest.daily_parts
-        SELECT g.day, g.metric_type, sum(g.samples), sum(g.total), min(g.min), max(g.max), bool_or(g.archived)
-        FROM gone g GROUP BY g.day, g.metric_type
+        SELECT g.day, g.metric_type, sum(g.samples), sum(g.total), min(g.min), max(g.max), g.archived
+        FROM gone g GROUP BY g.day, g.metric_type, g.archived
         RETURNING 1)
     SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM folded) INTO n, m;
     action := 'compacted daily totals';
@@ -156,8 +159,9 @@ $$;
 
 -- Recomputes sessions and daily totals from metrics: after metrics was written other than
 -- through ingest_json and insert_metric (a DBA's UPDATE, DELETE or COPY), or to fill them
--- after an upgrade. Days marked archived (raw rows dropped by retention) are kept as they
--- are, and rows of metrics on those days are not counted again; so are sessions that began
+-- after an upgrade. The archived parts of daily totals (raw rows dropped by retention) are
+-- kept as they are, and rows held on those days (stored after a retention was lengthened)
+-- are counted in parts of their own (0.3.2 left them out); so are sessions that began
 -- before the oldest partition held (retention dropped rows of theirs: 0.3.2 deleted their
 -- summaries, or recounted them from the rows left). One statement per relation, under one
 -- snapshot, so concurrent ingest stays exact.
@@ -203,18 +207,16 @@ BEGIN
     rows_written := n;
     RETURN NEXT;
 
-    WITH archived AS (
-        SELECT DISTINCT a.day FROM metrics_ingest.daily_parts a WHERE a.archived),
-    gone AS (
-        DELETE FROM metrics_ingest.daily_parts d
-        WHERE NOT d.archived AND d.day NOT IN (SELECT day FROM archived)
+    -- Archived parts stand for rows no longer held; every other part counts held rows (on an
+    -- archived day too: rows stored for it after a retention was lengthened).
+    WITH gone AS (
+        DELETE FROM metrics_ingest.daily_parts d WHERE NOT d.archived
         RETURNING 1),
     fresh AS (
         INSERT INTO metrics_ingest.daily_parts (day, metric_type, samples, total, min, max)
         SELECT (m."timestamp" AT TIME ZONE 'UTC')::date, m.metric_type, count(*),
                sum(m.metric_value), min(m.metric_value), max(m.metric_value)
         FROM metrics_ingest.metrics m
-        WHERE (m."timestamp" AT TIME ZONE 'UTC')::date NOT IN (SELECT day FROM archived)
         GROUP BY 1, 2
         RETURNING 1)
     SELECT count(*) INTO n FROM fresh;
@@ -227,7 +229,8 @@ $$;
 -- The right to erasure: removes one user from metrics, users, sessions and the dead
 -- letters that carry their user_id, and recomputes the daily totals of the (day, metric
 -- type) pairs their rows were in, from the rows that remain. Days whose raw rows
--- retention has dropped keep their totals: an anonymous aggregate with no user in it.
+-- retention has dropped keep those rows' totals (the archived parts): an anonymous
+-- aggregate with no user in it.
 -- Rows of this user that arrive afterwards are stored again, as any new data is.
 CREATE FUNCTION metrics_ingest.forget_user(user_id text)
 RETURNS TABLE (relation text, removed bigint)
@@ -268,13 +271,14 @@ BEGIN
 
     -- One statement, one snapshot: the delta rows it deletes and the metrics it sums are
     -- those of the same committed calls; a call still running adds its delta afterwards.
+    -- Archived parts (rows retention dropped) are left as they are: an anonymous aggregate.
+    -- The other parts count held rows, also on an archived day (rows stored for it after a
+    -- retention was lengthened: 0.3.2 left the erased user's values there).
     WITH pairs AS (
-        SELECT x.day, x.metric_type FROM ROWS FROM (unnest(days), unnest(types)) AS x(day, metric_type)
-        WHERE NOT EXISTS (SELECT 1 FROM metrics_ingest.daily_parts a
-                          WHERE a.day = x.day AND a.metric_type = x.metric_type AND a.archived)),
+        SELECT x.day, x.metric_type FROM ROWS FROM (unnest(days), unnest(types)) AS x(day, metric_type)),
     gone AS (
         DELETE FROM metrics_ingest.daily_parts d USING pairs p
-        WHERE d.day = p.day AND d.metric_type = p.metric_type
+        WHERE d.day = p.day AND d.metric_type = p.metric_type AND NOT d.archived
         RETURNING 1),
     fresh AS (
         INSERT INTO metrics_ingest.daily_parts (day, metric_type, samples, total, min, max)

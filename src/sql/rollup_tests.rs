@@ -315,4 +315,52 @@ mod tests {
             0
         );
     }
+
+    /// Rows stored for an archived day after the retention was lengthened are
+    /// held rows: compaction keeps them apart from the archive, forget_user
+    /// takes an erased user's out of the day and rebuild_rollups counts them
+    /// (0.3.2 folded them into the archive, where forget_user left them).
+    #[pg_test]
+    fn rows_stored_for_an_archived_day_are_erased_and_rebuilt_as_held_rows() {
+        run("LOCK TABLE metrics_ingest.settings IN SHARE ROW EXCLUSIVE MODE");
+        run("LOCK TABLE metrics_ingest.metrics IN ACCESS EXCLUSIVE MODE");
+        let at = "to_char((now() - interval '3 days') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+        let ingest = |user: &str, seconds: u32| {
+            text(&format!(
+                "SELECT string_agg(status, ',') FROM metrics_ingest.ingest_json(json_build_array( \
+                 json_build_object('timestamp', {at}, 'user_id', '{user}', 'talked_time', {seconds}, 'name', 'N')))"
+            ))
+        };
+        let day =
+            "SELECT concat_ws(' ', samples, total, min, max) FROM metrics_ingest.daily_totals \
+                   WHERE day = ((now() - interval '3 days') AT TIME ZONE 'UTC')::date";
+        assert_eq!(ingest("other", 5), "inserted");
+        run("SELECT metrics_ingest.set_retention('2 days')");
+        run("SELECT count(*) FROM metrics_ingest.run_maintenance()");
+        assert_eq!(
+            count("SELECT count(*) FROM metrics_ingest.daily_parts WHERE archived"),
+            1
+        );
+        run("SELECT metrics_ingest.set_retention('7 days')");
+        assert_eq!(ingest("late", 1000), "inserted");
+        assert_eq!(ingest("late", 7), "inserted");
+        assert_eq!(text(day), "3 1012 5 1000");
+        run("SELECT count(*) FROM metrics_ingest.run_maintenance()");
+        assert_eq!(
+            text(
+                "SELECT string_agg(concat_ws(' ', archived, samples), ', ' ORDER BY archived) \
+                  FROM metrics_ingest.daily_parts"
+            ),
+            "f 2, t 1"
+        );
+        run("SELECT count(*) FROM metrics_ingest.rebuild_rollups()");
+        assert_eq!(text(day), "3 1012 5 1000");
+        assert_eq!(
+            count(
+                "SELECT removed FROM metrics_ingest.forget_user('late') WHERE relation = 'metrics'"
+            ),
+            2
+        );
+        assert_eq!(text(day), "1 5 5 5");
+    }
 }
