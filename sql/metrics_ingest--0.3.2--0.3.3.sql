@@ -8,12 +8,17 @@
 --   so partition_for called for a time inside such a partition finds it.
 -- - partition_for: a relation named like the partition it would make always leaves the
 --   name to it (a partition of a partition of that name was taken for the new one: 55000).
+--   It pins default_tablespace and default_table_access_method: a writer's
+--   default_tablespace placed partitions, made with the owner's rights, where the writer may
+--   not create anything. partitions() lists a partition being detached (DETACH ...
+--   CONCURRENTLY not finished), so its range is not taken for a new one.
 -- - set_partition_interval refuses a width that is not whole hours or has a negative part
 --   ('1 hour 0.5 seconds', '1 day -1 hour').
 -- - run_maintenance drops a foreign table past the horizon with DROP FOREIGN TABLE (DROP
 --   TABLE failed the whole run, every run).
--- - rebuild_rollups keeps the summaries of sessions that began before the oldest partition
---   held, as it keeps archived days (it deleted them, or recounted them from the rows left).
+-- - rebuild_rollups keeps the summaries of sessions retention dropped rows of (that began
+--   before the oldest partition held, or lie on an archived day), as it keeps archived days
+--   (it deleted them, or recounted them from the rows left).
 -- - Rows stored for an archived day after a retention was lengthened are counted in daily
 --   parts of their own: compact_rollups no longer folds them into the archived part, and
 --   forget_user and rebuild_rollups recompute them (forget_user left an erased user's values
@@ -33,6 +38,8 @@ LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET "TimeZone" = 'UTC'
 SET "DateStyle" = 'ISO'
+SET default_tablespace = ''
+SET default_table_access_method = 'heap'
 AS $$
 DECLARE
     found regclass;
@@ -288,9 +295,16 @@ DECLARE
 BEGIN
     LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
     held_from := (SELECT min(p.lower) FROM metrics_ingest.partitions() p);
+    -- A session retention dropped rows of: one that began before the oldest partition held,
+    -- or one on a day whose daily totals are archived (an older partition made again for a
+    -- backfill moves the oldest one held back).
     WITH archived AS (
         SELECT DISTINCT a.user_id, a.session_id FROM metrics_ingest.session_parts a
-        WHERE held_from IS NULL OR a.start_time < held_from),
+        WHERE held_from IS NULL OR a.start_time < held_from
+           OR EXISTS (SELECT 1 FROM metrics_ingest.daily_parts d
+                      WHERE d.archived
+                        AND d.day >= (a.start_time AT TIME ZONE 'UTC')::date
+                        AND d.day <= (a.end_time AT TIME ZONE 'UTC')::date)),
     gone AS (
         DELETE FROM metrics_ingest.session_parts s
         WHERE NOT EXISTS (SELECT 1 FROM archived a

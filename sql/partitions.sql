@@ -42,13 +42,17 @@ $$;
 -- metrics first (the lock ATTACH PARTITION takes anyway; ingest's ROW EXCLUSIVE does not
 -- conflict with it, and a role without privileges on metrics cannot take it): a second
 -- session needing the same partition waits for the first to commit, then finds it. If the
--- calling transaction rolls back, so does its partition.
+-- calling transaction rolls back, so does its partition. The tablespace and access method
+-- are pinned: a writer's default_tablespace put partitions, made with the owner's rights, in
+-- a tablespace the writer may not create in (0.3.2).
 CREATE FUNCTION metrics_ingest.partition_for(ts timestamptz)
 RETURNS regclass
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET "TimeZone" = 'UTC'
 SET "DateStyle" = 'ISO'
+SET default_tablespace = ''
+SET default_table_access_method = 'heap'
 AS $$
 DECLARE
     found regclass;

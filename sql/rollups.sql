@@ -176,9 +176,16 @@ DECLARE
 BEGIN
     LOCK TABLE metrics_ingest.metric_types IN SHARE UPDATE EXCLUSIVE MODE;
     held_from := (SELECT min(p.lower) FROM metrics_ingest.partitions() p);
+    -- A session retention dropped rows of: one that began before the oldest partition held,
+    -- or one on a day whose daily totals are archived (an older partition made again for a
+    -- backfill moves the oldest one held back).
     WITH archived AS (
         SELECT DISTINCT a.user_id, a.session_id FROM metrics_ingest.session_parts a
-        WHERE held_from IS NULL OR a.start_time < held_from),
+        WHERE held_from IS NULL OR a.start_time < held_from
+           OR EXISTS (SELECT 1 FROM metrics_ingest.daily_parts d
+                      WHERE d.archived
+                        AND d.day >= (a.start_time AT TIME ZONE 'UTC')::date
+                        AND d.day <= (a.end_time AT TIME ZONE 'UTC')::date)),
     gone AS (
         DELETE FROM metrics_ingest.session_parts s
         WHERE NOT EXISTS (SELECT 1 FROM archived a

@@ -1061,4 +1061,21 @@ mod tests {
             "23502"
         );
     }
+
+    /// partition_for makes a partition with the owner's rights in the database's
+    /// default tablespace, whatever the caller's default_tablespace (0.3.2 used
+    /// it: a writer could place partitions where it may not create anything).
+    #[pg_test]
+    fn a_callers_default_tablespace_does_not_place_new_partitions() {
+        settings_in_turn();
+        run("SET LOCAL default_tablespace = 'pg_global'");
+        assert_eq!(
+            verdicts(&event("t", "2037-05-05T00:00:00Z", "t1")),
+            "inserted:1"
+        );
+        assert_eq!(
+            count("SELECT count(*) FROM pg_class WHERE relname LIKE 'metrics_p20370505%' AND reltablespace <> 0"),
+            0
+        );
+    }
 }

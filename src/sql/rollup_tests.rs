@@ -268,6 +268,18 @@ mod tests {
             )),
             1
         );
+        // A backfill older than the dropped day makes an older partition again: the
+        // sessions of the dropped day are still kept.
+        run("SELECT metrics_ingest.set_retention('30 days')");
+        assert_eq!(
+            text(&format!(
+                "SELECT string_agg(status, ',') FROM metrics_ingest.ingest_json(json_build_array({}))",
+                element("(now() - interval '5 days')", "backfill", 4)
+            )),
+            "inserted"
+        );
+        run("SELECT count(*) FROM metrics_ingest.rebuild_rollups()");
+        assert_eq!(text(sessions), "backfill:1 only_old:1 spans:2");
     }
 
     /// The upkeep and erasure functions run as their owner: a role granted

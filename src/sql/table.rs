@@ -367,15 +367,17 @@ pub struct Route {
 }
 
 /// The partitions of the open partitioned table `rel`, sorted, read from its
-/// partition descriptor (the relcache's copy of the catalog).
+/// partition descriptor (the relcache's copy of the catalog). A partition
+/// being detached (DETACH PARTITION ... CONCURRENTLY not finished) takes no
+/// rows, and is left out unless `with_detaching`.
 ///
 /// # Safety
 /// `rel` must be a valid open partitioned relation.
-pub unsafe fn routes(rel: pg_sys::Relation) -> Vec<Route> {
+pub unsafe fn routes_of(rel: pg_sys::Relation, with_detaching: bool) -> Vec<Route> {
     // SAFETY: `rel` is open and partitioned; the descriptor and its bound info
     // arrays hold nparts oids, ndatums datums/kinds and ndatums + 1 indexes.
     unsafe {
-        let partdesc = pg_sys::RelationGetPartitionDesc(rel, true);
+        let partdesc = pg_sys::RelationGetPartitionDesc(rel, !with_detaching);
         if partdesc.is_null() || (*partdesc).nparts == 0 || (*partdesc).boundinfo.is_null() {
             return Vec::new();
         }
@@ -436,7 +438,8 @@ pub unsafe fn cached_routes(rel: pg_sys::Relation) -> Rc<Vec<Route>> {
 /// from the partition descriptor, after taking in the invalidations other
 /// sessions' commits sent. A query of the catalog would read it under the
 /// transaction's snapshot: under REPEATABLE READ it missed partitions made
-/// since, and partition_for then made one overlapping them (0.3.2). MINVALUE
+/// since, and partition_for then made one overlapping them (0.3.2). A partition
+/// being detached is listed: its range is not free for a new one. MINVALUE
 /// and MAXVALUE bounds are -infinity and infinity (timestamptz's own). No rows
 /// if metrics is missing or not partitioned.
 #[pg_guard]
@@ -459,7 +462,11 @@ pub unsafe extern "C-unwind" fn partitions_wrapper(
         let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
         let partitioned =
             (*(*rel).rd_rel).relkind == pg_sys::RELKIND_PARTITIONED_TABLE as std::ffi::c_char;
-        let all = if partitioned { routes(rel) } else { Vec::new() };
+        let all = if partitioned {
+            routes_of(rel, true)
+        } else {
+            Vec::new()
+        };
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
         for r in all {
             let mut values = [
@@ -477,6 +484,15 @@ pub unsafe extern "C-unwind" fn partitions_wrapper(
         }
         pg_sys::Datum::from(0)
     }
+}
+
+/// The partitions of `rel` that take rows (see `routes_of`).
+///
+/// # Safety
+/// `rel` must be a valid open partitioned relation.
+pub unsafe fn routes(rel: pg_sys::Relation) -> Vec<Route> {
+    // SAFETY: this function's contract.
+    unsafe { routes_of(rel, false) }
 }
 
 /// The partition holding `pg_us` (microseconds since 2000-01-01), if any.

@@ -17,7 +17,7 @@ use super::contention::{self, Blocker, Contention};
 use super::datum::timestamptz_datum;
 use super::dead_letters;
 use super::direct::DirectLeaf;
-use super::errors::{raise, raise_internal};
+use super::errors::raise_internal;
 use super::insert_path::{kept_plan, InsertPath};
 use super::rollups;
 use super::settings::retention_horizon;
@@ -160,7 +160,7 @@ impl Writer {
     /// (nothing of it is stored then, and the rollups do not count it).
     pub fn store(&mut self, ordinal: usize, element: &ValidElement) -> Result<Stored, Rejection> {
         let relid = if self.table.partitioned {
-            match self.partition_for(element.context.unix_us - PG_EPOCH_OFFSET_US) {
+            match self.partition_for(element.context.unix_us - PG_EPOCH_OFFSET_US)? {
                 Some(relid) => relid,
                 None => return Ok(Stored::default()),
             }
@@ -204,18 +204,19 @@ impl Writer {
     }
 
     /// The partition for `pg_us`, made if there is none; None if this attempt
-    /// must give way to another session making partitions.
-    fn partition_for(&mut self, pg_us: i64) -> Option<pg_sys::Oid> {
+    /// must give way to another session making partitions; the element's
+    /// rejection if the partition holding the time takes no rows.
+    fn partition_for(&mut self, pg_us: i64) -> Result<Option<pg_sys::Oid>, Rejection> {
         if let Some(relid) = table::route(&self.routes, pg_us) {
-            return Some(relid);
+            return Ok(Some(relid));
         }
         // Another session may have made it since the bounds were read.
         self.reload_routes();
         if let Some(relid) = table::route(&self.routes, pg_us) {
-            return Some(relid);
+            return Ok(Some(relid));
         }
         if !contention::try_partition_lock(&self.contention, self.table.relid) {
-            return None;
+            return Ok(None);
         }
         self.connect_spi();
         let plan = kept_plan(
@@ -234,18 +235,22 @@ impl Writer {
         }
         self.back_from_spi();
         self.reload_routes();
-        // partition_for returns a partition of metrics holding the time; one that
-        // does not (a DBA reattached it with other bounds meanwhile) is refused
-        // with the reason rather than as an internal error.
-        Some(table::route(&self.routes, pg_us).unwrap_or_else(|| {
-            raise(
-                pgrx::PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        // partition_for returns a partition of metrics holding the time. One that
+        // takes no rows (a DBA is detaching it: DETACH PARTITION ... CONCURRENTLY
+        // not finished) refuses the element, as INSERT would refuse the row
+        // (23514), instead of failing the call (0.3.2: 55000; 0.3.3 before this:
+        // 42P17, making a partition overlapping it).
+        match table::route(&self.routes, pg_us) {
+            Some(relid) => Ok(Some(relid)),
+            None => Err(Rejection::new(
+                RejectionKind::CheckViolation,
+                "timestamp",
                 format!(
-                    "metrics_ingest: no partition of metrics_ingest.metrics holds {} after metrics_ingest.partition_for made or found one",
+                    "{} falls in a partition of metrics_ingest.metrics that takes no rows now (being detached: DETACH PARTITION ... CONCURRENTLY not finished)",
                     describe_unix_us(pg_us + PG_EPOCH_OFFSET_US)
                 ),
-            )
-        }))
+            )),
+        }
     }
 
     fn reload_routes(&mut self) {

@@ -71,6 +71,79 @@ fn a_repeatable_read_call_sees_partitions_made_after_its_snapshot() {
     );
 }
 
+/// A partition a DBA is detaching (DETACH PARTITION ... CONCURRENTLY not
+/// finished) takes no rows: an element in its range is rejected (23514) and
+/// the rest of the call is stored (0.3.2 failed the call with 55000, and
+/// partitions() did not list it, so partition_for tried to make one beside it).
+#[test]
+fn a_partition_being_detached_rejects_its_elements_and_the_call_goes_on() {
+    let db = TestDb::new("partition_detaching");
+    let mut a = db.connect();
+    assert_eq!(
+        ingest(
+            &mut a,
+            &format!("[{}]", event("dt", "2026-11-10T01:00:00Z", "a"))
+        )[0]
+        .status,
+        "inserted"
+    );
+    // A transaction holding a snapshot makes DETACH CONCURRENTLY wait; cancelled
+    // by its timeout, it leaves the partition pending.
+    let mut holder = db.connect();
+    holder
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM metrics_ingest.metrics",
+        )
+        .expect("snapshot");
+    let mut dba = db.connect();
+    dba.batch_execute("SET statement_timeout = '1s'")
+        .expect("timeout");
+    let detach = dba.batch_execute(
+        "ALTER TABLE metrics_ingest.metrics DETACH PARTITION metrics_ingest.metrics_p20261110 CONCURRENTLY",
+    );
+    expect_sqlstate(detach, "57014", "DETACH CONCURRENTLY, cancelled");
+    holder.batch_execute("COMMIT").expect("commit");
+    assert_eq!(
+        partitions(&mut a),
+        ["metrics_ingest.metrics_p20261110"],
+        "a partition being detached is still listed"
+    );
+    let outcomes = ingest(
+        &mut a,
+        &format!(
+            "[{}, {}]",
+            event("dt", "2026-11-10T02:00:00Z", "b"),
+            event("dt", "2026-11-11T02:00:00Z", "c")
+        ),
+    );
+    assert_eq!(
+        outcomes
+            .iter()
+            .map(|o| o.status.as_str())
+            .collect::<Vec<_>>(),
+        ["rejected", "inserted"]
+    );
+    assert_eq!(
+        count(
+            &mut a,
+            "SELECT count(*) FROM metrics_ingest.rejected WHERE sqlstate = '23514' AND field = 'timestamp'"
+        ),
+        1
+    );
+    dba.batch_execute(
+        "ALTER TABLE metrics_ingest.metrics DETACH PARTITION metrics_ingest.metrics_p20261110 FINALIZE",
+    )
+    .expect("finalize");
+    assert_eq!(
+        ingest(
+            &mut a,
+            &format!("[{}]", event("dt", "2026-11-10T03:00:00Z", "d"))
+        )[0]
+        .status,
+        "inserted"
+    );
+}
+
 #[test]
 fn sessions_needing_the_same_new_partition_at_once_both_succeed() {
     let db = TestDb::new("partition_race");
