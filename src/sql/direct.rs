@@ -7,8 +7,9 @@
 //! any column a DBA added) are the partitioned table's, evaluated as INSERT
 //! through it would; NOT NULL and CHECK constraints are evaluated as
 //! `ExecConstraints` evaluates them, and a row one of them refuses makes its
-//! element rejected (23502, 23514) rather than ending the call. Rows reach a leaf only after the writer routed them by
-//! the partition bounds, so they always lie inside the leaf's range.
+//! element rejected (23502, 23514) rather than ending the call. Rows reach a
+//! leaf only after the writer routed them by the partition bounds, so they
+//! always lie inside the leaf's range.
 //!
 //! Idempotency: a flush holding rows with an event_id runs in a subtransaction
 //! and inserts into the event-key indexes without raising on conflict. If any
