@@ -175,16 +175,13 @@ fn parse_whole_seconds(text: &str) -> Option<(i64, bool)> {
             .find_map(|format| DateTime::parse_from_str(text, format).ok())
     });
     if let Some(dt) = with_offset {
-        let offset = dt.offset().local_minus_utc();
-        let offset = offset + offset_seconds;
-        if offset.abs() > MAX_OFFSET_SECONDS {
+        // chrono read the offset without its seconds; the instant is that many
+        // seconds earlier (for a + offset) or later (for a - one).
+        if (dt.offset().local_minus_utc() + offset_seconds).abs() > MAX_OFFSET_SECONDS {
             return None;
         }
         let (seconds, leap) = unix_seconds(dt);
-        return Some((
-            seconds - i64::from(offset - dt.offset().local_minus_utc()),
-            leap,
-        ));
+        return Some((seconds - i64::from(offset_seconds), leap));
     }
     if offset_seconds != 0 {
         return None;
