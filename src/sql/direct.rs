@@ -269,8 +269,9 @@ impl DirectLeaf {
         unsafe {
             let descriptor = (*self.rel).rd_att;
             let constraints = (*descriptor).constr;
+            // Named only for a rejection: this runs for every row.
             let relation =
-                CStr::from_ptr((*(*self.rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
+                || CStr::from_ptr((*(*self.rel).rd_rel).relname.data.as_ptr()).to_string_lossy();
             if (*constraints).has_not_null {
                 for i in 0..self.layout.natts {
                     let attribute = pg_compat::tuple_desc_attr(descriptor, i);
@@ -283,7 +284,10 @@ impl DirectLeaf {
                         return Some(Rejection::new(
                             RejectionKind::NotNullViolation,
                             column.as_ref(),
-                            format!("is missing, and column \"{column}\" of relation \"{relation}\" is NOT NULL"),
+                            format!(
+                                "is missing, and column \"{column}\" of relation \"{}\" is NOT NULL",
+                                relation()
+                            ),
                         ));
                     }
                 }
@@ -307,7 +311,10 @@ impl DirectLeaf {
                     return Some(Rejection::new(
                         RejectionKind::CheckViolation,
                         "element",
-                        format!("new row for relation \"{relation}\" violates check constraint \"{name}\""),
+                        format!(
+                            "new row for relation \"{}\" violates check constraint \"{name}\"",
+                            relation()
+                        ),
                     ));
                 }
             }
